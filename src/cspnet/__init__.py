@@ -1,0 +1,34 @@
+"""cspnet: CSPDarkNet-53, CSPResNet-50 and CSPResNeXt-50 for PyTorch.
+
+The public API mirrors mmpretrain's (``get_model``, ``list_models``, ``inference_model``) plus timm-style model
+contracts; see the README for a tour.
+"""
+
+from .data.transforms import EvalPreset, EvalTransform, load_image
+from .errors import CSPNetError
+from .inference import inference_model
+from .models import ARCHS, CSPNet, ImageClassifier
+from .weights.convert import convert_state_dict
+from .zoo import WEIGHTS, WeightsInfo, get_model, get_transform, get_weights_info, list_models, load_weights
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ARCHS",
+    "CSPNet",
+    "CSPNetError",
+    "EvalPreset",
+    "EvalTransform",
+    "ImageClassifier",
+    "WEIGHTS",
+    "WeightsInfo",
+    "convert_state_dict",
+    "get_model",
+    "get_transform",
+    "get_weights_info",
+    "inference_model",
+    "list_models",
+    "load_image",
+    "load_weights",
+    "__version__",
+]

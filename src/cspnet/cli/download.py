@@ -1,0 +1,34 @@
+"""``cspnet download``: fetch published weights into the caches, or into a folder for an offline machine."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "fetch the published weights (for offline use: --dest DIR, then CSPNET_WEIGHTS_DIR=DIR on the other machine)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("names", nargs="*", metavar="NAME", help="models to fetch (default: all three)")
+    p.add_argument("--dest", default=None, help="also copy each file here as <weights name>.<ext>")
+    p.add_argument("--mirror", default=None, help="base URL of a mirror (as $CSPNET_MIRROR)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import shutil
+    from pathlib import Path
+
+    from .._io import atomic_write
+    from ..weights.sources import resolve
+    from ..zoo import WEIGHTS, get_weights_info
+
+    infos = list(dict.fromkeys(get_weights_info(n) for n in args.names)) if args.names else list(WEIGHTS)
+    for info in infos:
+        path, _ = resolve(info.name, info.sources, mirror=args.mirror)
+        line = f"{info.name}: {path}"
+        if args.dest:
+            suffix = ".safetensors" if path.suffix == ".safetensors" else ".pth"
+            dst = Path(args.dest) / f"{info.name}{suffix}"
+            atomic_write(dst, lambda tmp: shutil.copyfile(path, tmp))
+            line += f" -> {dst}"
+        print(line)
+    return 0

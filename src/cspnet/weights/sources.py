@@ -1,0 +1,284 @@
+"""Where pretrained weights come from, and fetching them safely.
+
+For ``pretrained=True`` the sources are tried in this order, the first that yields a file wins:
+
+1. weights folders the user names: ``weights_dir=`` and ``$CSPNET_WEIGHTS_DIR`` (``os.pathsep``-separated);
+2. files already downloaded: this library's cache (``cache_dir=``, ``$CSPNET_CACHE``, default
+   ``~/.cache/cspnet``) and torch hub's checkpoint folder (``$TORCH_HOME/hub/checkpoints``, where mmpretrain put them);
+3. a mirror the user names (``mirror=``, ``$CSPNET_MIRROR``): a base URL serving the same file names;
+4. the Hugging Face Hub (``timm/<arch>.<tag>``, ``model.safetensors``) through ``huggingface_hub``'s own cache,
+   honouring ``HF_HOME``, ``HF_HUB_CACHE``, ``HF_ENDPOINT`` and ``HF_HUB_OFFLINE``;
+5. the original URLs (mmpretrain's seed URLs; that host expired in 2026, kept for existing mirrors/proxies).
+
+Offline mode (``offline=True``, ``$CSPNET_OFFLINE=1`` or ``$HF_HUB_OFFLINE=1``) skips 3-5 except the Hub's local
+cache. A URL whose file name carries a hash (``name-<hex>.pth``, the torch hub and mmpretrain convention) is checked
+against the sha256 of the bytes. Downloads stream to a temporary file beside the target and are renamed into place
+only when complete and verified, so the cache never holds a partial or wrong file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import socket
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from .._io import atomic_path
+from ..errors import DownloadError, WeightsNotFoundError
+
+log = logging.getLogger("cspnet")
+
+_HASH_IN_NAME = re.compile(r"-([0-9a-f]{8,64})\.[A-Za-z]+$")  # torch.hub's convention: <name>-<sha256 prefix>.<ext>
+_TRUE = ("1", "true", "yes", "on")
+
+
+@dataclass(frozen=True)
+class HubFile:
+    """A file in a Hugging Face Hub repository."""
+
+    repo_id: str
+    filename: str = "model.safetensors"
+    layout: str = "timm"
+
+    def describe(self) -> str:
+        return f"Hugging Face Hub {self.repo_id}/{self.filename}"
+
+
+@dataclass(frozen=True)
+class UrlFile:
+    """A file at a URL; ``sha256_prefix`` is read from its name when it carries one."""
+
+    url: str
+    layout: str
+
+    @property
+    def filename(self) -> str:
+        return Path(urllib.parse.urlparse(self.url).path).name
+
+    @property
+    def sha256_prefix(self) -> str | None:
+        return hash_prefix_of(self.filename)
+
+    def describe(self) -> str:
+        return self.url
+
+
+def hash_prefix_of(filename: str) -> str | None:
+    m = _HASH_IN_NAME.search(filename)
+    return m.group(1) if m else None
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in _TRUE
+
+
+def is_offline(offline: bool | None = None) -> bool:
+    if offline is not None:
+        return offline
+    return _env_flag("CSPNET_OFFLINE") or _env_flag("HF_HUB_OFFLINE")
+
+
+def default_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
+    if cache_dir:
+        return Path(cache_dir).expanduser()
+    env = os.environ.get("CSPNET_CACHE")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(xdg) / "cspnet"
+
+
+def _torch_hub_checkpoints() -> Path:
+    torch_home = os.environ.get("TORCH_HOME") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "torch"
+    return Path(torch_home).expanduser() / "hub" / "checkpoints"
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def download(url: str, dst: str | os.PathLike, sha256_prefix: str | None = None, timeout: float | None = None,
+             progress: bool = True) -> Path:
+    """Download ``url`` to ``dst`` atomically, checking completeness and (if given) the sha256 prefix.
+
+    Raises:
+        DownloadError: on an HTTP error, an unreachable host, a stall longer than ``timeout`` seconds
+            (``$CSPNET_DOWNLOAD_TIMEOUT``, default 30), a truncated transfer or a hash mismatch. ``dst`` is then
+            untouched and no partial file remains.
+    """
+    from tqdm import tqdm
+
+    dst = Path(dst)
+    timeout = float(timeout or os.environ.get("CSPNET_DOWNLOAD_TIMEOUT", 30))
+    try:
+        with atomic_path(dst) as tmp:
+            req = urllib.request.Request(url, headers={"User-Agent": "cspnet"})
+            with urllib.request.urlopen(req, timeout=timeout) as resp, open(tmp, "wb") as out:
+                total = resp.headers.get("Content-Length")
+                total = int(total) if total and total.isdigit() else None
+                h, got = hashlib.sha256(), 0
+                with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=dst.name,
+                          disable=not progress, file=sys.stderr, leave=False) as bar:
+                    while True:
+                        chunk = resp.read(1 << 20)
+                        if not chunk:
+                            break
+                        out.write(chunk)
+                        h.update(chunk)
+                        got += len(chunk)
+                        bar.update(len(chunk))
+            if total is not None and got != total:
+                raise DownloadError(f"download of {url} was cut off: got {got} of {total} bytes")
+            digest = h.hexdigest()
+            if sha256_prefix and not digest.startswith(sha256_prefix):
+                raise DownloadError(
+                    f"download of {url} has sha256 {digest[:16]}..., but its name promises {sha256_prefix}: "
+                    f"the file is corrupt or not the published one; nothing was kept"
+                )
+    except DownloadError:
+        raise
+    except urllib.error.HTTPError as e:
+        raise DownloadError(f"download of {url} failed: HTTP {e.code} {e.reason}") from None
+    except urllib.error.URLError as e:
+        reason = e.reason
+        if isinstance(reason, (socket.timeout, TimeoutError)):
+            raise DownloadError(f"download of {url} timed out after {timeout:g} s without data") from None
+        raise DownloadError(f"cannot reach {url}: {reason}") from None
+    except (socket.timeout, TimeoutError):
+        raise DownloadError(f"download of {url} stalled: no data for {timeout:g} s") from None
+    except (ConnectionError, OSError) as e:  # connection reset, IncompleteRead, disk errors
+        raise DownloadError(f"download of {url} failed: {type(e).__name__}: {e}") from None
+    return dst
+
+
+def _verified(path: Path, sha256_prefix: str | None) -> bool:
+    return sha256_prefix is None or sha256_of(path).startswith(sha256_prefix)
+
+
+def _hub_cache_dir() -> str | None:
+    # Read at call time (huggingface_hub reads its environment once, at import).
+    if os.environ.get("HF_HUB_CACHE"):
+        return os.environ["HF_HUB_CACHE"]
+    if os.environ.get("HF_HOME"):
+        return str(Path(os.environ["HF_HOME"]) / "hub")
+    return None
+
+
+def _fetch_from_hub(src: HubFile, offline: bool) -> Path:
+    from huggingface_hub import hf_hub_download
+
+    return Path(hf_hub_download(src.repo_id, src.filename, cache_dir=_hub_cache_dir(), local_files_only=offline))
+
+
+def local_names(weights_name: str, sources: Sequence[HubFile | UrlFile]) -> list[str]:
+    """File names accepted in a weights folder for a checkpoint (relative paths)."""
+    names = [f"{weights_name}.safetensors", f"{weights_name}.pth"]
+    for s in sources:
+        if isinstance(s, UrlFile):
+            names.append(s.filename)
+        else:
+            names += [f"{s.repo_id}/{s.filename}", f"{s.repo_id.split('/')[-1]}/{s.filename}"]
+    return list(dict.fromkeys(names))
+
+
+def _layout_of(name: str, sources: Sequence[HubFile | UrlFile]) -> str | None:
+    for s in sources:
+        if isinstance(s, UrlFile) and name == s.filename:
+            return s.layout
+        if isinstance(s, HubFile) and name.endswith(s.filename) and "/" in name:
+            return s.layout
+    return None  # detected from the keys
+
+
+def resolve(
+    weights_name: str,
+    sources: Sequence[HubFile | UrlFile],
+    *,
+    weights_dir: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    mirror: str | None = None,
+    offline: bool | None = None,
+) -> tuple[Path, str | None]:
+    """Find or fetch the file of a checkpoint. Returns ``(path, layout or None to detect)``.
+
+    Raises:
+        WeightsNotFoundError: listing every source tried, why it failed, and how to provide the file.
+    """
+    offline = is_offline(offline)
+    tried: list[str] = []
+    names = local_names(weights_name, sources)
+
+    folders = [Path(weights_dir).expanduser()] if weights_dir else []
+    folders += [Path(p).expanduser() for p in os.environ.get("CSPNET_WEIGHTS_DIR", "").split(os.pathsep) if p]
+    for folder in folders:
+        for name in names:
+            p = folder / name
+            if p.is_file():
+                if _verified(p, hash_prefix_of(p.name)):
+                    return p, _layout_of(name, sources)
+                tried.append(f"{p}: sha256 does not match its name; ignored")
+        tried.append(f"weights folder {folder}: none of {', '.join(names)}")
+
+    cache = default_cache_dir(cache_dir)
+    url_sources = [s for s in sources if isinstance(s, UrlFile)]
+    for s in url_sources:
+        for folder in (cache, _torch_hub_checkpoints()):
+            p = folder / s.filename
+            if p.is_file():
+                if _verified(p, s.sha256_prefix):
+                    return p, s.layout
+                tried.append(f"{p}: cached file fails its sha256 check; ignored")
+    tried.append(f"download caches {cache} and {_torch_hub_checkpoints()}: no file")
+
+    mirror = mirror or os.environ.get("CSPNET_MIRROR")
+    if mirror and not offline:
+        for s in url_sources:
+            url = mirror.rstrip("/") + "/" + s.filename
+            try:
+                return download(url, cache / s.filename, s.sha256_prefix), s.layout
+            except DownloadError as e:
+                tried.append(f"mirror: {e}")
+        for s in (s for s in sources if isinstance(s, HubFile)):
+            url = f"{mirror.rstrip('/')}/{weights_name}.safetensors"
+            try:
+                return download(url, cache / f"{weights_name}.safetensors"), s.layout
+            except DownloadError as e:
+                tried.append(f"mirror: {e}")
+
+    for s in (s for s in sources if isinstance(s, HubFile)):
+        try:
+            return _fetch_from_hub(s, offline), s.layout
+        except Exception as e:  # huggingface_hub raises many types: offline, HTTP, connection, auth
+            msg = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+            tried.append(f"{s.describe()}{' (offline: local Hub cache only)' if offline else ''}: {msg}")
+
+    for s in url_sources:
+        if offline:
+            tried.append(f"{s.url}: skipped (offline)")
+            continue
+        try:
+            return download(s.url, cache / s.filename, s.sha256_prefix), s.layout
+        except DownloadError as e:
+            tried.append(str(e))
+
+    lines = "\n".join(f"  - {t}" for t in tried)
+    files = ", ".join(names)
+    raise WeightsNotFoundError(
+        f"no source could provide the weights of {weights_name}. Tried:\n{lines}\n"
+        f"To provide them: pass pretrained='/path/to/file' (any of the timm, mmpretrain or cspnet layouts), or put "
+        f"the file (named one of: {files}) in a folder given by weights_dir= or $CSPNET_WEIGHTS_DIR, or set "
+        f"$CSPNET_MIRROR to a server holding it, or fill the Hugging Face cache on a connected machine "
+        f"(`cspnet download {weights_name}`) and copy it over."
+    )
