@@ -179,7 +179,7 @@ def _fetch_url(url: str, cache_dir, info: WeightsInfo) -> Path:
     """A user-given URL: a seed URL goes through every source (mirror, Hub, ...); any other is downloaded."""
     for s in info.sources:
         if isinstance(s, UrlFile) and s.url == url:
-            return resolve(info.name, info.sources, cache_dir=cache_dir)[0]
+            return resolve(info.name, info.sources, cache_dir=cache_dir)
     name = Path(urllib.parse.urlparse(url).path).name or "checkpoint.pth"
     dst = default_cache_dir(cache_dir) / name
     if dst.is_file():
@@ -225,15 +225,13 @@ def load_weights(
     if isinstance(model, CSPNet):
         model.load_state_dict({k.removeprefix("backbone."): v for k, v in sd.items()})
         return
+    model.backbone.load_state_dict({k.removeprefix("backbone."): v for k, v in sd.items()})
     n_ckpt = head["head.fc.weight"].shape[0] if head else None
     if head and n_ckpt == model.num_classes:
-        sd.update(head)
+        model.head.load_state_dict({k.removeprefix("head."): v for k, v in head.items()})
     elif model.num_classes:
         why = "has no head" if not head else f"has {n_ckpt} classes"
         log.info("%s %s; the %d-class head stays freshly initialised (fine-tuning)", source, why, model.num_classes)
-    model.backbone.load_state_dict({k.removeprefix("backbone."): v for k, v in sd.items()})
-    if "head.fc.weight" in sd:
-        model.head.load_state_dict({k.removeprefix("head."): sd[k] for k in convert.HEAD_KEYS})
 
 
 def get_model(
@@ -247,6 +245,7 @@ def get_model(
     cache_dir: str | os.PathLike | None = None,
     mirror: str | None = None,
     offline: bool | None = None,
+    url_mapping: tuple[str, str] | None = None,
     use_ema: bool = False,
     backbone: Mapping[str, Any] | None = None,
     head: Mapping[str, Any] | None = None,
@@ -265,7 +264,7 @@ def get_model(
         features_only: return the :class:`~cspnet.models.CSPNet` backbone alone; its ``forward`` returns the maps
             of ``out_indices`` (default: every stage), described by ``feature_info``.
         device: where to put the model.
-        weights_dir, cache_dir, mirror, offline: see :func:`cspnet.weights.sources.resolve`.
+        weights_dir, cache_dir, mirror, offline, url_mapping: see :func:`cspnet.weights.sources.resolve`.
         use_ema: with a training checkpoint that holds EMA weights, load those.
         backbone, head: mmpretrain-style overrides (``backbone=dict(out_indices=(1, 2, 3))``,
             ``head=dict(num_classes=10)``).
@@ -289,8 +288,8 @@ def get_model(
 
     if pretrained is not False and pretrained is not None:
         if pretrained is True:
-            path, layout = resolve(info.name, info.sources, weights_dir=weights_dir, cache_dir=cache_dir,
-                                   mirror=mirror, offline=offline)
+            path = resolve(info.name, info.sources, weights_dir=weights_dir, cache_dir=cache_dir,
+                              mirror=mirror, offline=offline, url_mapping=url_mapping)
         elif isinstance(pretrained, (str, os.PathLike)):
             path = _fetch_url(str(pretrained), cache_dir, info) if _is_url(str(pretrained)) else Path(pretrained)
         else:

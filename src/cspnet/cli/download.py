@@ -23,7 +23,7 @@ def run(args: argparse.Namespace) -> int:
 
     infos = list(dict.fromkeys(get_weights_info(n) for n in args.names)) if args.names else list(WEIGHTS)
     for info in infos:
-        path, _ = resolve(info.name, info.sources, mirror=args.mirror)
+        path = resolve(info.name, info.sources, mirror=args.mirror)
         line = f"{info.name}: {path}"
         if args.dest:
             suffix = ".safetensors" if path.suffix == ".safetensors" else ".pth"

@@ -84,14 +84,12 @@ class ImageClassifier(nn.Module):
                 ``"neck"`` (default): the same, globally average-pooled to ``(N, C_i)``;
                 ``"pre_logits"``: the pooled last-stage vector ``(N, num_features)``.
         """
+        if stage not in ("backbone", "neck", "pre_logits"):
+            raise InvalidOptionError(f"stage={stage!r}; choose 'backbone', 'neck' or 'pre_logits'")
         if stage == "pre_logits":
             return self.head(self.backbone.forward_features(x), pre_logits=True)
         feats = self.backbone(x)
-        if stage == "backbone":
-            return feats
-        if stage == "neck":
-            return tuple(self.head.pool(f) for f in feats)
-        raise InvalidOptionError(f"stage={stage!r}; choose 'backbone', 'neck' or 'pre_logits'")
+        return feats if stage == "backbone" else tuple(self.head.pool(f) for f in feats)
 
     def get_classifier(self) -> nn.Module:
         return self.head.fc

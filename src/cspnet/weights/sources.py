@@ -193,15 +193,6 @@ def local_names(weights_name: str, sources: Sequence[HubFile | UrlFile]) -> list
     return list(dict.fromkeys(names))
 
 
-def _layout_of(name: str, sources: Sequence[HubFile | UrlFile]) -> str | None:
-    for s in sources:
-        if isinstance(s, UrlFile) and name == s.filename:
-            return s.layout
-        if isinstance(s, HubFile) and name.endswith(s.filename) and "/" in name:
-            return s.layout
-    return None  # detected from the keys
-
-
 def resolve(
     weights_name: str,
     sources: Sequence[HubFile | UrlFile],
@@ -210,8 +201,12 @@ def resolve(
     cache_dir: str | os.PathLike | None = None,
     mirror: str | None = None,
     offline: bool | None = None,
-) -> tuple[Path, str | None]:
-    """Find or fetch the file of a checkpoint. Returns ``(path, layout or None to detect)``.
+    url_mapping: tuple[str, str] | None = None,
+) -> Path:
+    """Find or fetch the file of a checkpoint (its layout is detected from its keys when loaded).
+
+    ``url_mapping=(pattern, replacement)`` rewrites the original URLs with ``re.sub`` before use (mmpretrain's
+    ``get_model(url_mapping=...)``), e.g. to a proxy; the hash is then read from the rewritten file name.
 
     Raises:
         WeightsNotFoundError: listing every source tried, why it failed, and how to provide the file.
@@ -227,39 +222,40 @@ def resolve(
             p = folder / name
             if p.is_file():
                 if _verified(p, hash_prefix_of(p.name)):
-                    return p, _layout_of(name, sources)
+                    return p
                 tried.append(f"{p}: sha256 does not match its name; ignored")
         tried.append(f"weights folder {folder}: none of {', '.join(names)}")
 
     cache = default_cache_dir(cache_dir)
-    url_sources = [s for s in sources if isinstance(s, UrlFile)]
+    published = [s for s in sources if isinstance(s, UrlFile)]
+    url_sources = [UrlFile(re.sub(*url_mapping, s.url), s.layout) for s in published] if url_mapping else published
     for s in url_sources:
         for folder in (cache, _torch_hub_checkpoints()):
             p = folder / s.filename
             if p.is_file():
                 if _verified(p, s.sha256_prefix):
-                    return p, s.layout
+                    return p
                 tried.append(f"{p}: cached file fails its sha256 check; ignored")
     tried.append(f"download caches {cache} and {_torch_hub_checkpoints()}: no file")
 
     mirror = mirror or os.environ.get("CSPNET_MIRROR")
     if mirror and not offline:
-        for s in url_sources:
+        for s in published:  # a mirror serves the published file names
             url = mirror.rstrip("/") + "/" + s.filename
             try:
-                return download(url, cache / s.filename, s.sha256_prefix), s.layout
+                return download(url, cache / s.filename, s.sha256_prefix)
             except DownloadError as e:
                 tried.append(f"mirror: {e}")
         for s in (s for s in sources if isinstance(s, HubFile)):
             url = f"{mirror.rstrip('/')}/{weights_name}.safetensors"
             try:
-                return download(url, cache / f"{weights_name}.safetensors"), s.layout
+                return download(url, cache / f"{weights_name}.safetensors")
             except DownloadError as e:
                 tried.append(f"mirror: {e}")
 
     for s in (s for s in sources if isinstance(s, HubFile)):
         try:
-            return _fetch_from_hub(s, offline), s.layout
+            return _fetch_from_hub(s, offline)
         except Exception as e:  # huggingface_hub raises many types: offline, HTTP, connection, auth
             msg = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
             tried.append(f"{s.describe()}{' (offline: local Hub cache only)' if offline else ''}: {msg}")
@@ -269,7 +265,7 @@ def resolve(
             tried.append(f"{s.url}: skipped (offline)")
             continue
         try:
-            return download(s.url, cache / s.filename, s.sha256_prefix), s.layout
+            return download(s.url, cache / s.filename, s.sha256_prefix)
         except DownloadError as e:
             tried.append(str(e))
 

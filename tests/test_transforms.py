@@ -1,0 +1,99 @@
+"""get_transform equals mmpretrain's test pipeline on the demo images; every Pillow image mode is handled."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import cspnet
+from cspnet.errors import ImageError
+from golden import DEMO, MEAN, STD, golden_uint8
+
+IMAGES = {"bird": "bird.JPEG", "cat-dog": "cat-dog.png", "demo": "demo.JPEG", "dog": "dog.jpg"}
+PIPELINES = {"288-256": "cspdarknet50_3rdparty_8xb32_in1k", "256-224": "cspresnext50_3rdparty_8xb32_in1k"}
+
+
+@pytest.mark.parametrize("pipeline, model", PIPELINES.items())
+@pytest.mark.parametrize("image", IMAGES)
+def test_equals_mmpretrain_arrays(pipeline, model, image):
+    t = cspnet.get_transform(model)
+    golden = golden_uint8(image, pipeline)
+    out = t(DEMO / IMAGES[image])
+    assert out.dtype == torch.float32 and out.shape == golden.shape
+    expected = (torch.from_numpy(golden).float() - MEAN) / STD
+    assert torch.equal(out, expected)  # bit-exact, decode and resize included
+
+
+def test_inputs_path_pil_and_rgb_array_agree():
+    t = cspnet.get_transform("cspresnet50")
+    path = DEMO / "dog.jpg"
+    rgb = np.asarray(Image.open(path).convert("RGB"))
+    a, b, c = t(path), t(Image.open(path)), t(rgb)
+    assert torch.equal(a, b) and torch.equal(a, c)
+    assert not torch.equal(a, t(np.ascontiguousarray(rgb[..., ::-1])))  # arrays are RGB, not BGR
+
+
+def _save(img, path, **kw):
+    img.save(path, **kw)
+    return path
+
+
+def test_every_mode_becomes_rgb(tmp_path):
+    t = cspnet.get_transform("cspresnet50")
+    base = Image.open(DEMO / "dog.jpg").convert("RGB").resize((80, 60))
+    gray = base.convert("L")
+    cases = {
+        "gray.png": gray,
+        "rgba.png": base.convert("RGBA"),
+        "palette.png": base.convert("P"),
+        "cmyk.jpg": base.convert("CMYK"),
+        "bw.png": base.convert("1"),
+    }
+    for name, img in cases.items():
+        out = t(_save(img, tmp_path / name))
+        assert out.shape == (3, 256, 256), name
+    # 16-bit greyscale: the 16-bit range maps to 8 bits (not clipped at 255) and equals the 8-bit image.
+    g16 = Image.fromarray(np.asarray(gray).astype(np.uint16) * 257)
+    assert torch.equal(t(_save(g16, tmp_path / "g16.png")), t(_save(gray, tmp_path / "g8.png")))
+
+
+def test_exif_orientation_applied(tmp_path):
+    img = Image.open(DEMO / "dog.jpg").convert("RGB")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise on display
+    path = _save(img, tmp_path / "rot.jpg", exif=exif, quality=95)
+    loaded = cspnet.load_image(path)
+    assert loaded.size == (img.height, img.width)
+
+
+@pytest.mark.parametrize(
+    "name, content, fragment",
+    [
+        ("empty.jpg", b"", "not an image"),
+        ("text.jpg", b"hello, I am not a picture", "not an image"),
+        ("missing.jpg", None, "does not exist"),
+    ],
+)
+def test_bad_files_named(tmp_path, name, content, fragment):
+    path = tmp_path / name
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(ImageError, match=fragment) as e:
+        cspnet.get_transform("cspresnet50")(path)
+    assert str(path) in str(e.value)
+
+
+def test_truncated_jpeg_and_directory(tmp_path):
+    data = (DEMO / "bird.JPEG").read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ImageError, match="corrupt or truncated"):
+        cspnet.load_image(tmp_path / "cut.jpg")
+    with pytest.raises(ImageError, match="is a directory"):
+        cspnet.load_image(tmp_path)
+
+
+def test_bad_arrays():
+    with pytest.raises(ImageError, match="uint8"):
+        cspnet.load_image(np.zeros((4, 4, 3), dtype=np.float32))
+    with pytest.raises(ImageError, match="uint8"):
+        cspnet.load_image(np.zeros((4, 4, 4), dtype=np.uint8))
