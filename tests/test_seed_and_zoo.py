@@ -83,3 +83,10 @@ def test_metadata_records_are_consistent():
         assert w.params == cspnet.models.num_params(cspnet.get_model(w.name))
         assert w.metrics.preset == w.eval  # the headline accuracy was measured with the eval preset we apply
         assert w.sources and w.config.startswith("configs/cspnet/")
+
+
+def test_get_model_from_config_file(weights_dir):
+    m = cspnet.get_model(str(ROOT / "configs/cspnet/cspresnet50_8xb32_in1k.py"), pretrained=True,
+                         weights_dir=weights_dir, head=dict(num_classes=3))
+    assert m.backbone.arch.name == "cspresnet50" and m.num_classes == 3
+    assert (m.transform.preset.resize, m.transform.preset.crop) == (288, 256)

@@ -6,6 +6,7 @@ contracts; see the README for a tour.
 
 from .data.transforms import EvalPreset, EvalTransform, load_image
 from .errors import CSPNetError
+from .fast import fuse_bn, optimize_for_inference
 from .inference import inference_model
 from .models import ARCHS, CSPNet, ImageClassifier
 from .weights.convert import convert_state_dict
@@ -23,6 +24,7 @@ __all__ = [
     "WEIGHTS",
     "WeightsInfo",
     "convert_state_dict",
+    "fuse_bn",
     "get_model",
     "get_transform",
     "get_weights_info",
@@ -30,5 +32,6 @@ __all__ = [
     "list_models",
     "load_image",
     "load_weights",
+    "optimize_for_inference",
     "__version__",
 ]

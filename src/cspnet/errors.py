@@ -36,3 +36,11 @@ class ConfigError(CSPNetError, ValueError):
 
 class DatasetError(CSPNetError, ValueError):
     """A dataset root or annotation is missing or malformed."""
+
+
+class ExportError(CSPNetError, RuntimeError):
+    """An export failed, needs a missing package, or its file disagrees with PyTorch. Nothing is written."""
+
+
+class TrainingError(CSPNetError, RuntimeError):
+    """Training cannot go on (e.g. the loss became NaN/inf); the last good checkpoint is left untouched."""

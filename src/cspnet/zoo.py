@@ -255,7 +255,8 @@ def get_model(
 
     Args:
         name: ``cspdarknet53`` / ``cspresnet50`` / ``cspresnext50``, a weights name (``cspdarknet53.ra_in1k``),
-            a seed name (``cspdarknet50_3rdparty_8xb32_in1k``) or ``timm/<weights name>``.
+            a seed name (``cspdarknet50_3rdparty_8xb32_in1k``), ``timm/<weights name>``, or a config file
+            (``configs/cspnet/cspdarknet50_8xb32_in1k.py``; ``pretrained=True`` then uses its ``load_from``).
         pretrained: ``False`` (random init), ``True`` (the published weights, from the first source that has
             them: see :mod:`cspnet.weights.sources`), or a local file or URL in the timm, mmpretrain or cspnet
             layout, detected from its keys.
@@ -271,6 +272,16 @@ def get_model(
         **kwargs: backbone options (``out_indices``, ``frozen_stages``, ``norm_eval``, ``drop_path_rate``,
             ``in_chans``, ``zero_init_last``) and ``drop_rate`` for the head.
     """
+    if str(name).endswith(".py"):  # an mmpretrain-style config file, as mmpretrain's get_model accepts
+        from .config import build_model, load_config
+
+        cfg = load_config(name)
+        if pretrained is True:
+            pretrained = cfg.get("load_from") or True
+        sources = dict(weights_dir=weights_dir, cache_dir=cache_dir, mirror=mirror, offline=offline,
+                       url_mapping=url_mapping, use_ema=use_ema)
+        return build_model(cfg, pretrained=pretrained, device=device, **sources,
+                           **_merge_mm_kwargs(dict(kwargs), backbone, head))
     info = get_weights_info(name)
     kwargs = _merge_mm_kwargs(dict(kwargs), backbone, head)
     if num_classes is not None:

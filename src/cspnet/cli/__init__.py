@@ -15,6 +15,11 @@ COMMANDS = {
     "list": "listing",
     "convert": "convert",
     "download": "download",
+    "export": "export",
+    "analyze": "analyze",
+    "cam": "cam",
+    "test": "test",
+    "train": "train",
 }
 
 
@@ -39,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"cspnet {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` and closed early: not an error
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

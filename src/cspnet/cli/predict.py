@@ -17,6 +17,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: cuda if available)")
     p.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default %(default)s)")
+    p.add_argument("--save-vis", default=None, metavar="PATH",
+                   help="also save each image with its top-k drawn on it: a file (.png/.jpg, one image) or a folder "
+                        "(receives <image stem>.png per image)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -29,6 +32,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.topk < 1:
         raise InvalidOptionError(f"--topk must be at least 1, got {args.topk}")
+    if args.save_vis:
+        from ..visualize import vis_paths
+
+        vis_paths(args.images, args.save_vis)  # a bad --save-vis fails before the model loads
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = get_model(args.model, pretrained=args.weights or True, device=device)
     results = inference_model(model, list(args.images), batch_size=args.batch_size, topk=args.topk)
@@ -40,6 +47,14 @@ def run(args: argparse.Namespace) -> int:
             for label, score, name in res["topk"]
         ]
         rows.append({"image": image, "model": model.weights.name, "topk": top})
+    if args.save_vis:
+        import sys
+
+        from ..visualize import save_predictions
+
+        for row, path in zip(rows, save_predictions(args.images, results, args.save_vis)):
+            row["vis"] = str(path)
+            print(f"saved {path}", file=sys.stderr)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0

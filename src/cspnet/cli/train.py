@@ -1,0 +1,106 @@
+"""``cspnet train`` = ``python tools/train.py``: train or fine-tune from a config (mmpretrain's arguments).
+
+One process: ``cspnet train CONFIG``. DDP: ``torchrun --nproc-per-node N tools/train.py CONFIG --launcher pytorch``
+(``--nnodes M --node-rank R --master-addr HOST`` for several machines). Only rank 0 writes the log and checkpoints
+to ``--work-dir`` (default ``work_dirs/<config name>``). Exit status: 0 done, 2 bad input or a NaN loss,
+128 + signal number after SIGTERM/Ctrl-C (a checkpoint was written first; ``--resume`` continues from it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+HELP = "train or fine-tune a model from a config (one process, or DDP under torchrun), like mmpretrain's tools/train.py"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", metavar="CONFIG", help="config file, e.g. configs/cspnet/cspresnet50_finetune_custom.py")
+    p.add_argument("--work-dir", metavar="DIR", help="where logs and checkpoints go (default: the config's work_dir, "
+                                                     "else work_dirs/<config name>)")
+    p.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CHECKPOINT",
+                   help="continue a run exactly where it stopped: from CHECKPOINT, or with no value from the latest "
+                        "checkpoint in the work dir (a fresh start if there is none)")
+    p.add_argument("--amp", action="store_true",
+                   help="mixed precision (optim_wrapper.type='AmpOptimWrapper'): fp16 + loss scaling on GPUs, "
+                        "bf16 on CPUs; set optim_wrapper.dtype=bfloat16 for bf16 on GPUs")
+    p.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="override config keys, e.g. train_dataloader.batch_size=64 optim_wrapper.optimizer.lr=0.01 "
+                        "(lists: key=[a,b] or key=a,b)")
+    p.add_argument("--launcher", choices=["none", "pytorch"], default="none",
+                   help="'pytorch' under torchrun: one process per GPU (gloo processes on CPU)")
+    p.add_argument("--local-rank", "--local_rank", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--no-validate", action="store_true", help="do not evaluate during training")
+    p.add_argument("--auto-scale-lr", action="store_true",
+                   help="scale the lr linearly by (total batch) / auto_scale_lr.base_batch_size, as mmpretrain")
+    p.add_argument("--seed", type=int, default=None, help="random seed (randomness.seed); default: the config's, "
+                                                          "else a random one (recorded in the checkpoints)")
+    p.add_argument("--deterministic", action="store_true",
+                   help="deterministic algorithms (randomness.deterministic): reproducible, somewhat slower")
+
+
+def config_from_args(args: argparse.Namespace):
+    """The config with the command-line switches applied, so the saved config records them."""
+    from ..config import load_config
+
+    cfg = load_config(args.config, args.cfg_options)
+    if args.amp:  # as mmpretrain's tools/train.py
+        cfg.setdefault("optim_wrapper", {})["type"] = "AmpOptimWrapper"
+        cfg["optim_wrapper"].setdefault("loss_scale", "dynamic")
+    if args.auto_scale_lr:
+        cfg.setdefault("auto_scale_lr", {})["enable"] = True
+    if args.seed is not None:
+        cfg.setdefault("randomness", {})["seed"] = args.seed
+    if args.deterministic:
+        cfg.setdefault("randomness", {})["deterministic"] = True
+    if args.work_dir:
+        cfg["work_dir"] = args.work_dir
+    elif not cfg.get("work_dir"):
+        cfg["work_dir"] = str(Path("work_dirs") / Path(args.config).stem)
+    return cfg
+
+
+def resume_path(args: argparse.Namespace, cfg) -> Path | None:
+    """``--resume CKPT``, ``--resume`` (latest in the work dir) or the config's ``resume=True`` (+ ``load_from``)."""
+    from ..engine.checkpoint import find_latest
+
+    if args.resume not in (None, "auto"):
+        return Path(args.resume)
+    if args.resume == "auto" or cfg.get("resume"):
+        if args.resume is None and isinstance(cfg.get("load_from"), str):
+            return Path(cfg["load_from"])  # mmengine: resume=True resumes from load_from when it is set
+        latest = find_latest(cfg["work_dir"])
+        if latest is None:
+            import logging
+
+            logging.getLogger("cspnet").warning("--resume: no checkpoint in %s; starting a new run", cfg["work_dir"])
+        return latest
+    return None
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..engine.train import Interrupted, fit
+
+    if args.local_rank is not None:  # torch.distributed.launch passes --local-rank instead of the variable
+        os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
+    cfg = config_from_args(args)
+    try:
+        result = fit(cfg, cfg["work_dir"], resume_from=resume_path(args, cfg), validate_=not args.no_validate,
+                     launcher=args.launcher)
+    except Interrupted as e:
+        print(f"cspnet train: {e}; continue with --resume", flush=True)
+        return e.exit_code
+    if result["best_top1"] is not None:
+        print(f"best {result['best_metric']} {result['best_top1']:.3f} at epoch {result['best_epoch']}; checkpoints in "
+              f"{result['work_dir']}", flush=True)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python tools/train.py CONFIG [options]``: the same command as ``cspnet train``."""
+    import sys
+
+    from . import main as cli_main
+
+    return cli_main(["train", *(sys.argv[1:] if argv is None else argv)])

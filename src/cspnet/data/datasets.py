@@ -1,0 +1,383 @@
+"""Image classification datasets on disk: ImageNet-1k in its usual layouts, and your own folder-per-class data.
+
+ImageNet (:func:`imagenet_dataset`), under ``root`` (mmpretrain's ``data_root``, default ``data/imagenet``), for a
+``split`` (``train``/``val``); the first layout found wins:
+
+1. an annotation file, ``ann_file=`` or ``root/meta/{split}.txt`` (mmpretrain's): one ``relative/path label`` per
+   line, the label an index in the standard (synset-sorted) order, paths relative to ``root/{split}``. Split on the
+   last space, so paths may contain spaces. A WordNet id instead of the index (``path n01440764``) works too.
+2. folder per class: ``root/{split}/n01440764/*.JPEG``. The label is the synset's index among the 1000 ImageNet-1k
+   synsets (:func:`cspnet.data.classes.imagenet_synsets`), not its rank among the folders present, so a subset of
+   classes keeps the right labels; a folder that is not an ImageNet-1k synset is an error.
+3. the official flat validation folder, ``root/{split}/ILSVRC2012_val_00000001.JPEG`` ..., labelled by one of
+   (searched in ``root``, ``root/{split}`` and ``root/ILSVRC2012_devkit_t12/data``):
+
+   - ``ILSVRC2012_validation_ground_truth.txt`` (devkit): line i is the ILSVRC2012_ID of image i. These ids (1-1000)
+     follow the devkit's ``meta.mat``, not the sorted order; this package ships that table
+     (``ilsvrc2012_id_synsets.txt``, line i = WNID of ILSVRC2012_ID i), so ``meta.mat`` is not needed;
+   - ``LOC_val_solution.csv`` (Kaggle): ``ImageId,PredictionString`` rows whose string starts with the synset;
+   - ``imagenet_2012_validation_synset_labels.txt`` (TensorFlow): line i is the synset of image i.
+
+   ``ann_file=`` may also name any of these. Images are matched to labels by the number in their name, so a subset
+   of the 50 000 images works.
+
+Your own classes (:func:`custom_dataset`, config ``type='CustomDataset'``): ``root/[data_prefix/]<class>/*``
+with the class names given (a list, or a text file with one per line) or the sorted folder names; or an annotation
+file as in 1.
+
+Files are those with mmpretrain's extensions (``.jpg .jpeg .png .ppm .bmp .pgm .tif``, any case), found recursively
+and sorted. Each item is ``(transform(path), label)``: pass :meth:`EvalTransform.to_uint8
+<cspnet.data.transforms.EvalTransform.to_uint8>` so that workers send uint8 ``(3, H, W)`` tensors and normalisation
+runs batched on the device.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from torch.utils.data import Dataset
+
+from ..errors import DatasetError
+from .classes import imagenet_classes, imagenet_synsets
+from .transforms import load_image
+
+log = logging.getLogger("cspnet")
+
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif")
+_SYNSET = re.compile(r"n\d{8}")
+_VAL_NUMBER = re.compile(r"ILSVRC2012_val_(\d{8})")
+# Label files of the flat validation folder, looked for in this order.
+VAL_LABEL_FILES = (
+    "ILSVRC2012_validation_ground_truth.txt",
+    "LOC_val_solution.csv",
+    "imagenet_2012_validation_synset_labels.txt",
+)
+
+
+@functools.lru_cache(maxsize=None)
+def ilsvrc2012_id_synsets() -> tuple[str, ...]:
+    """WNID of each ILSVRC2012_ID (``[0]`` is id 1): the devkit's ``meta.mat`` order, e.g. 1 = n02119789."""
+    text = resources.files(__package__).joinpath("ilsvrc2012_id_synsets.txt").read_text(encoding="utf-8")
+    return tuple(text.split())
+
+
+@dataclass
+class ImageDataset(Dataset):
+    """A list of ``(path, label)`` samples with their class names; ``dataset[i]`` -> ``(transform(path), label)``.
+
+    Without a transform an item is the RGB ``PIL.Image``. ``layout`` names where the labels came from and
+    ``source`` the folder or file read.
+    """
+
+    samples: list[tuple[str, int]]
+    classes: Sequence[str]
+    root: str
+    layout: str
+    source: str
+    transform: Callable[[str], Any] | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        path, label = self.samples[index]
+        return (self.transform(path) if self.transform is not None else load_image(path)), label
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def describe(self) -> str:
+        return f"{len(self)} images, {self.num_classes} classes, {self.source} ({self.layout})"
+
+
+def is_image_file(name: str) -> bool:
+    return name.lower().endswith(IMG_EXTENSIONS)
+
+
+def _list_images(folder: Path) -> list[str]:
+    """Every image under ``folder``, recursively, sorted (as mmpretrain's ``find_folders``/``get_samples``)."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames.sort()
+        out += [os.path.join(dirpath, f) for f in filenames if is_image_file(f)]
+    return sorted(out)
+
+
+def _subfolders(folder: Path) -> list[str]:
+    return sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
+
+
+def _flat_images(folder: Path) -> list[str]:
+    return sorted(e.name for e in os.scandir(folder) if e.is_file() and is_image_file(e.name))
+
+
+def _read_lines(path: Path) -> list[str]:
+    try:
+        return path.read_text(encoding="utf-8").splitlines()
+    except OSError as e:
+        raise DatasetError(f"cannot read label file {str(path)!r}: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise DatasetError(f"label file {str(path)!r} is not UTF-8 text") from None
+
+
+def _check_label(label: int, num_classes: int | None, path: Path, lineno: int) -> int:
+    if label < 0 or (num_classes is not None and label >= num_classes):
+        known = f"0..{num_classes - 1} ({num_classes} classes)" if num_classes is not None else "0 or more"
+        raise DatasetError(f"{str(path)!r} line {lineno}: label {label} is outside the class range {known}")
+    return label
+
+
+def read_annotation_file(path: Path, image_dir: Path, num_classes: int | None) -> tuple[list[tuple[str, int]], str]:
+    """Read any supported label file. Returns ``(samples, format name)``.
+
+    ``path label`` / ``path synset`` lines give the samples directly (paths relative to ``image_dir``); the
+    per-image formats of the official validation set (ground-truth ids, Kaggle CSV, one synset per line) label the
+    images found in ``image_dir`` by their number.
+
+    Raises:
+        DatasetError: naming the file and line of a malformed line, an unknown synset, or a label outside
+            ``0..num_classes-1`` (negative only, when None); or an image that the file does not label.
+    """
+    lines = _read_lines(path)
+    content = [(i, line.strip()) for i, line in enumerate(lines, 1) if line.strip()]
+    if not content:
+        raise DatasetError(f"label file {str(path)!r} is empty")
+    first = content[0][1]
+    synsets = imagenet_synsets()
+    synset_index = {s: i for i, s in enumerate(synsets)}
+
+    def synset_label(s: str, lineno: int) -> int:
+        if s not in synset_index:
+            raise DatasetError(f"{str(path)!r} line {lineno}: {s!r} is not an ImageNet-1k synset")
+        return synset_index[s]
+
+    if first.replace(" ", "").lower().startswith("imageid,predictionstring"):  # Kaggle LOC_val_solution.csv
+        by_number = {}
+        for lineno, row in enumerate(csv.reader(lines), 1):
+            if lineno == 1 or not row:
+                continue
+            m = _VAL_NUMBER.search(row[0]) if len(row) == 2 else None
+            if not m or not row[1].split():
+                raise DatasetError(f"{str(path)!r} line {lineno}: expected 'ILSVRC2012_val_NNNNNNNN,nXXXXXXXX ...'")
+            by_number[int(m.group(1))] = synset_label(row[1].split()[0], lineno)
+        return _label_flat_folder(image_dir, by_number, path), "Kaggle LOC_val_solution.csv"
+    if re.fullmatch(r"\d+", first):  # devkit ILSVRC2012_validation_ground_truth.txt
+        id_synsets = ilsvrc2012_id_synsets()
+        by_number = {}
+        for number, (lineno, text) in enumerate(content, 1):
+            if not text.isdigit() or not 1 <= int(text) <= len(id_synsets):
+                raise DatasetError(
+                    f"{str(path)!r} line {lineno}: expected an ILSVRC2012_ID between 1 and 1000, got {text!r}"
+                )
+            by_number[number] = synset_index[id_synsets[int(text) - 1]]
+        return _label_flat_folder(image_dir, by_number, path), "devkit ground truth (ILSVRC2012_IDs)"
+    if _SYNSET.fullmatch(first):  # one synset per line, image i on line i
+        by_number = {number: synset_label(text, lineno) for number, (lineno, text) in enumerate(content, 1)}
+        return _label_flat_folder(image_dir, by_number, path), "one synset per image"
+
+    samples = []
+    for lineno, text in content:
+        rel, sep, label = text.rpartition(" ")
+        if not sep or not rel.strip():
+            raise DatasetError(f"{str(path)!r} line {lineno}: expected 'relative/path label', got {text!r}")
+        if label.lstrip("-").isdigit():
+            value = _check_label(int(label), num_classes, path, lineno)
+        elif _SYNSET.fullmatch(label):
+            value = synset_label(label, lineno)
+        else:
+            raise DatasetError(f"{str(path)!r} line {lineno}: label {label!r} is neither an integer nor a synset")
+        samples.append((str(image_dir / rel.strip()), value))
+    return samples, "annotation file (path label)"
+
+
+def _label_flat_folder(image_dir: Path, by_number: dict[int, int], label_file: Path) -> list[tuple[str, int]]:
+    if not image_dir.is_dir():
+        raise DatasetError(f"image folder {str(image_dir)!r} (labelled by {str(label_file)!r}) does not exist")
+    samples = []
+    for name in _flat_images(image_dir):
+        m = _VAL_NUMBER.search(name)
+        if not m or int(m.group(1)) not in by_number:
+            raise DatasetError(
+                f"{str(image_dir / name)!r} has no label in {str(label_file)!r} (it labels ILSVRC2012_val_00000001 to "
+                f"_{max(by_number):08d} by the number in the file name)"
+            )
+        samples.append((str(image_dir / name), by_number[int(m.group(1))]))
+    if not samples:
+        raise DatasetError(f"{str(image_dir)!r} holds no images ({', '.join(IMG_EXTENSIONS)})")
+    if len(samples) != len(by_number):
+        log.warning("%s labels %d images; %s holds %d of them", label_file, len(by_number), image_dir, len(samples))
+    return samples
+
+
+def _folder_samples(image_dir: Path, folders: Sequence[str], class_index: dict[str, int], expected: str
+                    ) -> list[tuple[str, int]]:
+    """Label every image under ``image_dir/<folder>`` by ``class_index[folder]``; ``expected`` says what a folder
+    must be, for the error naming one that is not a class."""
+    unknown = [f for f in folders if f not in class_index]
+    if unknown:
+        raise DatasetError(
+            f"{str(image_dir / unknown[0])!r} is not {expected} ({len(unknown)} folder(s) are not: "
+            f"{', '.join(unknown[:5])}{', ...' if len(unknown) > 5 else ''})"
+        )
+    samples = []
+    for name in folders:
+        files = _list_images(image_dir / name)
+        if not files:
+            log.warning("class folder %s holds no images", image_dir / name)
+        samples += [(f, class_index[name]) for f in files]
+    if not samples:
+        raise DatasetError(f"the class folders of {str(image_dir)!r} hold no images ({', '.join(IMG_EXTENSIONS)})")
+    return samples
+
+
+def _resolve(root: Path, file: str | os.PathLike) -> Path:
+    p = Path(file)
+    return p if p.is_absolute() or p.exists() else root / p
+
+
+def imagenet_dataset(
+    root: str | os.PathLike = "data/imagenet",
+    split: str = "val",
+    transform: Callable[[str], Any] | None = None,
+    ann_file: str | os.PathLike | None = None,
+    data_prefix: str | None = None,
+) -> ImageDataset:
+    """ImageNet-1k from any layout in the module docstring, detected in that order.
+
+    Args:
+        root: the dataset folder (mmpretrain's ``data_root``).
+        split: ``train``, ``val`` (or another folder name); images live in ``root/{data_prefix or split}``.
+        transform: applied to each image path (e.g. ``EvalTransform(preset).to_uint8``).
+        ann_file: a label file (relative to ``root`` unless it exists as given); default ``root/meta/{split}.txt``
+            when present.
+
+    Raises:
+        DatasetError: for a missing root, an undetectable layout (naming the root and every layout tried), a
+            folder that is not a synset, or a bad label (naming the file and line).
+    """
+    root = Path(root)
+    classes = imagenet_synsets()
+    if not root.is_dir():
+        raise DatasetError(
+            f"ImageNet root {str(root)!r} does not exist (relative paths are from {os.getcwd()!r}). Expected "
+            f"{root}/{split}/<synset>/*.JPEG, {root}/meta/{split}.txt with {root}/{split}/..., or the flat "
+            f"official {root}/{split}/ILSVRC2012_val_*.JPEG with ILSVRC2012_validation_ground_truth.txt; see the "
+            f"README section 'Evaluate on ImageNet'"
+        )
+    image_dir = root / (data_prefix or split)
+    ann = _resolve(root, ann_file) if ann_file else root / "meta" / f"{split}.txt"
+    if ann_file and not ann.is_file():
+        raise DatasetError(f"annotation file {str(ann)!r} does not exist")
+    names = list(imagenet_classes())
+    if ann.is_file():
+        samples, fmt = read_annotation_file(ann, image_dir, len(classes))
+        return ImageDataset(samples, names, str(root), fmt, str(ann), transform)
+
+    tried = [f"annotation file {ann}: not found"]
+    if image_dir.is_dir():
+        folders = _subfolders(image_dir)
+        flat = _flat_images(image_dir)
+        if folders and not flat:
+            expected = ("an ImageNet-1k class folder: class folders must be WordNet ids such as n01440764 (for your "
+                        "own classes use dataset type='CustomDataset')")
+            samples = _folder_samples(image_dir, folders, {s: i for i, s in enumerate(classes)}, expected)
+            return ImageDataset(samples, names, str(root), "folder per class", str(image_dir), transform)
+        if flat:
+            candidates = [d / f for f in VAL_LABEL_FILES for d in (root, image_dir, root / "ILSVRC2012_devkit_t12" / "data")]
+            for c in candidates:
+                if c.is_file():
+                    samples, fmt = read_annotation_file(c, image_dir, len(classes))
+                    return ImageDataset(samples, names, str(root), f"flat folder + {fmt}", str(image_dir), transform)
+            raise DatasetError(
+                f"{str(image_dir)!r} holds {len(flat)} images directly (the official flat validation folder?) but no "
+                f"labels were found: put ILSVRC2012_validation_ground_truth.txt (from the ILSVRC2012 devkit), "
+                f"LOC_val_solution.csv (Kaggle) or imagenet_2012_validation_synset_labels.txt in {str(root)!r}, "
+                f"or give ann_file= (config: test_dataloader.dataset.ann_file)"
+            )
+        tried.append(f"{image_dir}: holds neither class folders nor images")
+    else:
+        tried.append(f"{image_dir}: no such folder (class folders or flat validation images)")
+    raise DatasetError(f"no ImageNet layout found under {str(root)!r}. Tried:\n" + "\n".join(f"  - {t}" for t in tried))
+
+
+def _read_classes(classes: Sequence[str] | str | os.PathLike, root: Path) -> list[str]:
+    if isinstance(classes, (str, os.PathLike)):
+        path = _resolve(root, classes)
+        if not path.is_file():
+            raise DatasetError(f"classes file {str(path)!r} does not exist (expected one class name per line)")
+        names = [line.strip() for line in _read_lines(path) if line.strip()]
+    else:
+        names = [str(c) for c in classes]
+    if len(set(names)) != len(names):
+        raise DatasetError("class names must be unique; duplicates: " + ", ".join(sorted({n for n in names if names.count(n) > 1})))
+    if not names:
+        raise DatasetError("the class list is empty")
+    return names
+
+
+def custom_dataset(
+    root: str | os.PathLike,
+    data_prefix: str | None = None,
+    ann_file: str | os.PathLike | None = None,
+    classes: Sequence[str] | str | os.PathLike | None = None,
+    transform: Callable[[str], Any] | None = None,
+) -> ImageDataset:
+    """Your own classes: folder per class under ``root/[data_prefix]``, or an annotation file (``path label``).
+
+    Args:
+        classes: class names in label order, or a text file of them (one per line); default: the sorted folder
+            names (folder layout) or ``0..max label`` (annotation file).
+
+    Raises:
+        DatasetError: for a missing folder, a folder not among ``classes``, no images, or a bad label line.
+    """
+    root = Path(root)
+    image_dir = root / data_prefix if data_prefix else root
+    names = _read_classes(classes, root) if classes is not None else None
+    if ann_file:
+        ann = _resolve(root, ann_file)
+        if not ann.is_file():
+            raise DatasetError(f"annotation file {str(ann)!r} does not exist")
+        samples, fmt = read_annotation_file(ann, image_dir, len(names) if names is not None else None)
+        if names is None:
+            names = [str(i) for i in range(max(label for _, label in samples) + 1)]
+        return ImageDataset(samples, names, str(root), fmt, str(ann), transform)
+    if not image_dir.is_dir():
+        raise DatasetError(f"dataset folder {str(image_dir)!r} does not exist (expected {image_dir}/<class>/<images>)")
+    folders = _subfolders(image_dir)
+    if not folders:
+        raise DatasetError(f"{str(image_dir)!r} has no class folders (expected {image_dir}/<class>/<images>)")
+    if names is None:
+        names = folders
+    expected = f"one of the {len(names)} given classes ({', '.join(names[:5])}{', ...' if len(names) > 5 else ''})"
+    samples = _folder_samples(image_dir, folders, {n: i for i, n in enumerate(names)}, expected)
+    return ImageDataset(samples, names, str(root), "folder per class", str(image_dir), transform)
+
+
+def build_dataset(
+    kind: str = "ImageNet",
+    root: str | os.PathLike = "data/imagenet",
+    split: str | None = "val",
+    ann_file: str | os.PathLike | None = None,
+    data_prefix: str | None = None,
+    classes: Sequence[str] | str | None = None,
+    transform: Callable[[str], Any] | None = None,
+) -> ImageDataset:
+    """A dataset from a config's ``dataset=dict(...)`` (see :func:`cspnet.config.dataset_kwargs`)."""
+    if kind == "ImageNet":
+        if classes is not None:
+            raise DatasetError("type='ImageNet' has the 1000 ImageNet classes; for your own use type='CustomDataset'")
+        return imagenet_dataset(root, split or "val", transform, ann_file, data_prefix)
+    if kind == "CustomDataset":
+        return custom_dataset(root, data_prefix or split, ann_file, classes, transform)
+    raise DatasetError(f"dataset type {kind!r} is not supported; use 'ImageNet' or 'CustomDataset'")

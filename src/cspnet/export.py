@@ -1,0 +1,294 @@
+"""Export a classifier to ONNX, TorchScript or a ``torch.export`` program, check it against PyTorch, write it.
+
+What mmpretrain needs mmdeploy for, in one function with no backend config: :func:`export_model`. The file is built
+in memory, run by its own runtime (onnxruntime, ``torch.jit.load``, ``torch.export.load``) on batch 1 and 3 (dynamic
+batch) or the fixed batch, compared with the PyTorch model, and only then written atomically; a mismatch raises
+:class:`~cspnet.errors.ExportError` and writes nothing.
+
+Every file carries three metadata entries, each a JSON string (ONNX ``metadata_props``, which onnxruntime shows as
+``session.get_modelmeta().custom_metadata_map``; the extra files of a TorchScript or ``.pt2`` archive):
+``model`` (name, architecture, input/output names, dtype, layout and shape), ``classes`` (class names or null) and
+``preprocessing`` (the eval resize/crop/interpolation/mean/std and whether normalisation is inside the graph).
+:func:`read_metadata` reads them back from any of the three formats.
+
+ONNX goes through ``torch.onnx.export(..., dynamo=False)``: the TorchScript-based exporter needs no package beyond
+``onnx`` and gives outputs equal to PyTorch (max abs diff ~1e-6) at any batch size. torch 2.13's default
+``dynamo=True`` exporter needs ``onnxscript``, which this package does not otherwise use.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import io
+import json
+import os
+import warnings
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+from ._io import atomic_write
+from .data.transforms import EvalTransform
+from .errors import ExportError, InvalidOptionError
+from .models.classifier import ImageClassifier
+
+FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "exported-program": ".pt2"}
+INPUT_NAME, OUTPUT_NAME = "input", "logits"
+METADATA_KEYS = ("model", "classes", "preprocessing")
+# The TorchScript-based ONNX exporter of torch 2.13 writes opsets 7..20; 11 is mmdeploy's default and the oldest
+# that TensorRT 7 reads. 17 (default) is read by onnxruntime >= 1.11, TensorRT >= 8.6 and OpenVINO >= 2022.3.
+OPSETS = range(11, 21)
+DEFAULT_OPSET = 17
+DYNAMIC_CHECK_BATCHES = (1, 3)  # mmpretrain#1273: dynamic-batch ONNX that was right at batch 1 only
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """What :func:`export_model` wrote: ``max_abs_diff`` over ``checked_batches`` (None when not verified)."""
+
+    path: Path
+    format: str
+    metadata: dict
+    max_abs_diff: float | None
+    checked_batches: tuple[int, ...]
+    verified_with: str | None
+
+
+class WithPreprocessing(nn.Module):
+    """``model`` behind the eval normalisation: uint8 ``(N, 3, H, W)`` RGB 0-255 -> logits ``(N, num_classes)``.
+
+    Resize and crop stay outside (they depend on each image's size); this is exactly
+    ``model(model.transform.normalize(x))``.
+    """
+
+    def __init__(self, model: nn.Module, transform: EvalTransform):
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", torch.tensor(transform.preset.mean, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(transform.preset.std, dtype=torch.float32).view(1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model((x.float() - self.mean) / self.std)
+
+
+def _transform_of(model: ImageClassifier) -> EvalTransform:
+    if model.transform is not None:
+        return model.transform
+    from .models.cspnet import ARCHS
+    from .zoo import get_transform
+
+    if model.backbone.arch.name not in ARCHS:
+        raise InvalidOptionError(
+            f"model (architecture {model.backbone.arch.name!r}) has no eval preprocessing: set "
+            f"model.transform = cspnet.get_transform(...) or cspnet.EvalTransform(cspnet.EvalPreset(...)) first"
+        )
+    return get_transform(model.backbone.arch.name)
+
+
+def build_metadata(
+    model: ImageClassifier, fmt: str, image_size: tuple[int, int], dynamic_batch: bool, batch_size: int,
+    with_preprocessing: bool, opset: int | None = None,
+) -> dict[str, str]:
+    """The three metadata entries (``model``, ``classes``, ``preprocessing``) as JSON strings."""
+    from . import __version__
+
+    preset = _transform_of(model).preset
+    batch = "batch" if dynamic_batch else batch_size
+    if with_preprocessing:
+        values = "uint8 RGB 0-255 after resize and centre crop; normalised inside the graph"
+    else:
+        values = "float32 (x - mean) / std of RGB 0-255 after resize and centre crop"
+    info = {
+        "name": model.weights.name if model.weights is not None else model.backbone.arch.name,
+        "arch": model.backbone.arch.name,
+        "num_classes": model.num_classes,
+        "format": fmt,
+        **({"opset": opset} if opset is not None else {}),
+        "input": {"name": INPUT_NAME, "dtype": "uint8" if with_preprocessing else "float32", "layout": "NCHW",
+                  "shape": [batch, 3, *image_size], "values": values},
+        "output": {"name": OUTPUT_NAME, "dtype": "float32", "shape": [batch, model.num_classes],
+                   "values": "unnormalised class scores (apply softmax for probabilities)"},
+        "cspnet_version": __version__,
+    }
+    prep = {
+        "resize_short_edge": preset.resize,
+        "center_crop": preset.crop,
+        "interpolation": f"Pillow {preset.interpolation}",
+        "mean": list(preset.mean),
+        "std": list(preset.std),
+        "channel_order": "RGB",
+        "normalization_in_graph": with_preprocessing,
+        "description": preset.describe(),
+    }
+    classes = list(model.classes) if model.classes is not None else None
+    return {"model": json.dumps(info), "classes": json.dumps(classes), "preprocessing": json.dumps(prep)}
+
+
+def _serialize(net: nn.Module, example: torch.Tensor, fmt: str, dynamic_batch: bool, opset: int,
+               metadata: dict[str, str]) -> bytes:
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        # torch 2.13 marks torch.jit.trace and the TorchScript-based ONNX exporter deprecated; they are the tools
+        # that need no extra package, and the verification in export_model is what vouches for their output.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        if fmt == "onnx":
+            onnx = _require("onnx", "ONNX export")
+            axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None
+            torch.onnx.export(net, (example,), buf, dynamo=False, input_names=[INPUT_NAME],
+                              output_names=[OUTPUT_NAME], dynamic_axes=axes, opset_version=opset)
+            proto = onnx.load_model_from_string(buf.getvalue())
+            for key, value in metadata.items():
+                proto.metadata_props.add(key=key, value=value)
+            return proto.SerializeToString()
+        if fmt == "torchscript":
+            # a trace of this conv net accepts any batch and image size; check_trace would run it twice more
+            traced = torch.jit.trace(net, example, check_trace=False)
+            torch.jit.save(traced, buf, _extra_files=metadata)
+        else:
+            # example batch 2, not 1: torch.export specialises a size-1 dimension to a constant
+            shapes = ({0: torch.export.Dim("batch", min=1)},) if dynamic_batch else None
+            torch.export.save(torch.export.export(net, (example,), dynamic_shapes=shapes), buf, extra_files=metadata)
+    return buf.getvalue()
+
+
+def _runner(data: bytes, fmt: str) -> tuple[Callable[[torch.Tensor], torch.Tensor], str] | None:
+    """A function running the serialised model on the CPU, and its runtime's name; None if the runtime is missing."""
+    if fmt == "onnx":
+        if importlib.util.find_spec("onnxruntime") is None:
+            return None
+        import onnxruntime as ort
+
+        sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+        run = lambda x: torch.from_numpy(sess.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0])  # noqa: E731
+        return run, f"onnxruntime {ort.__version__}"
+    if fmt == "torchscript":
+        scripted = torch.jit.load(io.BytesIO(data), map_location="cpu")
+
+        def run_scripted(x: torch.Tensor) -> torch.Tensor:
+            # the profiling executor would spend seconds optimising a graph that runs twice here
+            with torch.jit.optimized_execution(False):
+                return scripted(x)
+
+        return run_scripted, "torch.jit.load"
+    return torch.export.load(io.BytesIO(data)).module(), "torch.export.load"
+
+
+def _require(module: str, what: str):
+    if importlib.util.find_spec(module) is None:
+        raise ExportError(f"{what} needs the {module!r} package: pip install 'cspnet[export]'")
+    return importlib.import_module(module)
+
+
+def _check_inputs(batches: Sequence[int], image_size: tuple[int, int], uint8: bool) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    if uint8:
+        return [torch.randint(0, 256, (b, 3, *image_size), generator=g, dtype=torch.uint8) for b in batches]
+    return [torch.randn(b, 3, *image_size, generator=g) for b in batches]
+
+
+def export_model(
+    model: ImageClassifier,
+    path: str | os.PathLike,
+    format: str = "onnx",
+    *,
+    dynamic_batch: bool = False,
+    with_preprocessing: bool = False,
+    opset: int = DEFAULT_OPSET,
+    image_size: int | Sequence[int] | None = None,
+    batch_size: int = 1,
+    verify: bool = True,
+    atol: float = 1e-3,
+) -> ExportResult:
+    """Export ``model`` to ``path``, check the file against PyTorch, and write it atomically.
+
+    Args:
+        model: a classifier (its ``weights``, ``classes`` and ``transform`` go into the metadata). It is exported
+            in eval mode from the CPU (a copy if it lives on a GPU), and left as it was.
+        path: the output file (its folder is created).
+        format: ``"onnx"``, ``"torchscript"`` or ``"exported-program"`` (``torch.export``, a ``.pt2`` archive).
+        dynamic_batch: a batch dimension named ``batch`` of any size; otherwise fixed at ``batch_size``.
+            (TorchScript traces accept any batch either way.)
+        with_preprocessing: input uint8 ``(N, 3, H, W)`` RGB 0-255 (the resized, centre-cropped image) with the
+            mean/std normalisation inside the graph; otherwise float32, already normalised.
+        opset: ONNX opset, 11 to 20.
+        image_size: ``H`` or ``(H, W)``; default the model's eval crop.
+        batch_size: the fixed batch when not ``dynamic_batch``.
+        verify: run the file with its runtime (onnxruntime only when installed) and compare with PyTorch on seeded
+            random inputs of batch 1 and 3 (dynamic) or ``batch_size``.
+        atol: the largest max-abs logit difference accepted by ``verify``.
+
+    Returns:
+        An :class:`ExportResult` with the measured max abs difference (None when not verified).
+
+    Raises:
+        InvalidOptionError: bad format, opset, size or batch. ExportError: a missing package (``onnx``) or a file
+            that disagrees with PyTorch by more than ``atol``; nothing is written then.
+    """
+    if format not in FORMATS:
+        raise InvalidOptionError(f"format={format!r}; choose from {sorted(FORMATS)}")
+    if not isinstance(model, ImageClassifier):
+        raise InvalidOptionError(f"export_model() takes an ImageClassifier (from cspnet.get_model), not {type(model).__name__}")
+    if format == "onnx" and opset not in OPSETS:
+        raise InvalidOptionError(f"opset={opset}: the ONNX exporter writes opsets {OPSETS.start} to {OPSETS.stop - 1}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise InvalidOptionError(f"batch_size={batch_size!r} must be a positive integer")
+    size = image_size if image_size is not None else _transform_of(model).preset.crop
+    hw = (size, size) if isinstance(size, int) else tuple(size)
+    if len(hw) != 2 or not all(isinstance(s, int) and s >= 32 for s in hw):
+        raise InvalidOptionError(f"image_size={image_size!r}: give H or (H, W), each at least 32 (the network's stride)")
+
+    # Export from the CPU (a copy when the model lives elsewhere): the file is then device-neutral, and the check
+    # compares fp32 with fp32 (a CUDA reference runs TF32 convolutions, ~1e-2 away from any fp32 runtime).
+    source = model if next(model.parameters()).device.type == "cpu" else copy.deepcopy(model).cpu()
+    net: nn.Module = WithPreprocessing(source, _transform_of(model)) if with_preprocessing else source
+    metadata = build_metadata(model, format, hw, dynamic_batch, batch_size, with_preprocessing,
+                              opset if format == "onnx" else None)
+    batches = DYNAMIC_CHECK_BATCHES if dynamic_batch else (batch_size,)
+    was_training = model.training
+    net.eval()  # the wrapper too: the ONNX exporter restores the mode it found, which would put model in train mode
+    try:
+        example = _check_inputs([2 if dynamic_batch else batch_size], hw, with_preprocessing)[0]
+        data = _serialize(net, example, format, dynamic_batch, opset, metadata)
+        diff, runtime = None, None
+        runner = _runner(data, format) if verify else None
+        if runner is not None:
+            run, runtime = runner
+            diff = 0.0
+            with torch.no_grad():
+                for x in _check_inputs(batches, hw, with_preprocessing):
+                    expected = net(x).float()
+                    diff = max(diff, float((run(x).float() - expected).abs().max()))
+            if not diff <= atol:  # also catches NaN
+                raise ExportError(
+                    f"the exported {format} model differs from PyTorch by {diff:.3g} (> atol {atol:g}) on batches "
+                    f"{list(batches)}; {str(path)!r} was not written"
+                )
+    finally:
+        model.train(was_training)
+    atomic_write(path, lambda tmp: tmp.write_bytes(data))
+    return ExportResult(Path(path), format, {k: json.loads(v) for k, v in metadata.items()}, diff,
+                        tuple(batches) if diff is not None else (), runtime)
+
+
+def read_metadata(path: str | os.PathLike) -> dict:
+    """The ``model``, ``classes`` and ``preprocessing`` entries of an exported file, parsed from JSON."""
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidOptionError(f"exported model {str(path)!r} does not exist")
+    if zipfile.is_zipfile(path):  # TorchScript and .pt2 archives keep extra files at <archive>/extra/<name>
+        with zipfile.ZipFile(path) as z:
+            extra = {n.rsplit("/", 1)[-1]: n for n in z.namelist() if n.rsplit("/", 2)[-2:-1] == ["extra"]}
+            raw = {k: z.read(extra[k]).decode() for k in METADATA_KEYS if k in extra}
+    else:
+        onnx = _require("onnx", "reading ONNX metadata")
+        proto = onnx.load(str(path), load_external_data=False)
+        raw = {p.key: p.value for p in proto.metadata_props if p.key in METADATA_KEYS}
+    if not raw:
+        raise InvalidOptionError(f"{str(path)!r} has no cspnet metadata; was it written by `cspnet export`?")
+    return {k: json.loads(v) for k, v in raw.items()}

@@ -1,0 +1,155 @@
+"""BatchNorm folding for inference: ``fuse_bn(model)`` returns a copy whose convolutions absorb their BatchNorm.
+
+In eval mode a BatchNorm is the affine map ``y = (x - mean) / sqrt(var + eps) * gamma + beta``, so
+``bn(conv(x, W))`` equals ``conv(x, W * s) + (beta - mean * s)`` with ``s = gamma / sqrt(var + eps)`` per output
+channel. Folding removes one full read and write of every activation map; the logits change by float rounding only
+(about 1e-6 relative). LeakyReLU stays as it is. The folded model is for inference only: it has no BatchNorm left
+to train, so ``train()`` refuses.
+
+On CPU, under ``torch.no_grad``/``inference_mode``, a folded conv runs as one oneDNN primitive with its bias and
+LeakyReLU (and, in a bottleneck, the residual add) fused in (``torch.ops.mkldnn._convolution_pointwise``, the op
+``torch.compile`` emits for the same pattern): one pass over each output map instead of two or three.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import InvalidOptionError
+from .cspnet import LEAKY_SLOPE, BottleneckBlock, ConvNormAct, DarkBlock
+
+_TRAIN_REFUSED = (
+    "this model has its BatchNorm folded into the convolutions (cspnet.fuse_bn / optimize_for_inference): it is "
+    "for inference only. Train the original, unfused model and fold it again afterwards."
+)
+
+
+@functools.lru_cache(maxsize=None)
+def _mkldnn_fused_ok() -> bool:
+    """Whether this PyTorch build runs oneDNN's fused conv op, and runs it right (checked once on a tiny conv)."""
+    try:
+        op = torch.ops.mkldnn._convolution_pointwise
+        if not torch.backends.mkldnn.is_available():
+            return False
+        g = torch.Generator().manual_seed(0)
+        x, w, b = torch.randn(1, 4, 5, 5, generator=g), torch.randn(6, 4, 3, 3, generator=g), torch.randn(6, generator=g)
+        r = torch.randn(1, 6, 5, 5, generator=g)
+        with torch.no_grad():
+            y = op(x, w, b, [1, 1], [1, 1], [1, 1], 1, "leaky_relu", [LEAKY_SLOPE], "")
+            y2 = op.binary(x, r, w, b, [1, 1], [1, 1], [1, 1], 1, "add", 1.0, None, [], "")
+            ref = F.conv2d(x, w, b, 1, 1)
+        return bool(torch.allclose(y, F.leaky_relu(ref, LEAKY_SLOPE), atol=1e-4) and torch.allclose(y2, ref + r, atol=1e-4))
+    except (AttributeError, RuntimeError, NotImplementedError):  # an op missing or unsupported in this build
+        return False
+
+
+class FusedConvAct(nn.Module):
+    """A :class:`~cspnet.models.cspnet.ConvNormAct` with its BatchNorm folded: conv (with bias) -> act.
+
+    ``forward(x, residual=None)``: ``(N, C_in, H, W) -> (N, C_out, H', W')``; with ``residual`` (same shape as the
+    output) it returns ``act(conv(x) + residual)``, the bottleneck's add-then-activate. Inference only.
+    """
+
+    def __init__(self, conv: nn.Conv2d, act: bool):
+        super().__init__()
+        self.conv = conv
+        self.act = nn.LeakyReLU(LEAKY_SLOPE, inplace=True) if act else nn.Identity()
+        self.training = False
+
+    @classmethod
+    def from_conv_norm_act(cls, m: ConvNormAct, act: bool | None = None) -> "FusedConvAct":
+        """Fold ``m.bn`` (its running statistics) into a new conv; ``act`` overrides whether LeakyReLU follows."""
+        conv = torch.nn.utils.fusion.fuse_conv_bn_eval(m.conv.eval(), m.bn.eval()).requires_grad_(False)
+        return cls(conv, isinstance(m.act, nn.LeakyReLU) if act is None else act)
+
+    def train(self, mode: bool = True) -> "FusedConvAct":
+        if mode:
+            raise InvalidOptionError(_TRAIN_REFUSED)
+        return super().train(False)
+
+    def _mkldnn(self, x: torch.Tensor) -> bool:
+        # Only where the plain path would give the same numbers: CPU, no autograd (the op has no backward), no
+        # autocast (it would change the dtype the plain conv runs in) and input and weight of one float dtype.
+        w = self.conv.weight
+        return (
+            x.device.type == "cpu"
+            and not torch.is_grad_enabled()
+            and x.dtype == w.dtype
+            and x.dtype in (torch.float32, torch.bfloat16)
+            and not torch.is_autocast_enabled("cpu")
+            and _mkldnn_fused_ok()
+        )
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        c, act = self.conv, isinstance(self.act, nn.LeakyReLU)
+        if self._mkldnn(x):
+            args = (c.weight, c.bias, list(c.padding), list(c.stride), list(c.dilation), c.groups)
+            if residual is None:
+                attr, scalars = ("leaky_relu", [LEAKY_SLOPE]) if act else ("none", [])
+                return torch.ops.mkldnn._convolution_pointwise(x, *args, attr, scalars, "")
+            # oneDNN's binary post-op takes only ReLU after the add, so LeakyReLU runs in place afterwards.
+            y = torch.ops.mkldnn._convolution_pointwise.binary(x, residual, *args, "add", 1.0, None, [], "")
+            return F.leaky_relu_(y, LEAKY_SLOPE) if act else y
+        y = c(x)
+        return self.act(y if residual is None else y.add_(residual))
+
+
+class FusedDarkBlock(nn.Module):
+    """:class:`~cspnet.models.cspnet.DarkBlock` folded: 1x1 (act) -> 3x3 (act) -> + x. ``(N, C, H, W)`` -> same."""
+
+    def __init__(self, block: DarkBlock):
+        super().__init__()
+        self.conv1 = FusedConvAct.from_conv_norm_act(block.conv1)
+        self.conv2 = FusedConvAct.from_conv_norm_act(block.conv2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv2(self.conv1(x))
+        # In place saves a full-size allocation; with autograd on, LeakyReLU's backward needs its output intact.
+        return y + x if torch.is_grad_enabled() else y.add_(x)
+
+
+class FusedBottleneckBlock(nn.Module):
+    """:class:`~cspnet.models.cspnet.BottleneckBlock` folded; ``conv3`` carries the block's final activation
+    (``act(conv3(h) + x)``). ``(N, C, H, W)`` -> same."""
+
+    def __init__(self, block: BottleneckBlock):
+        super().__init__()
+        self.conv1 = FusedConvAct.from_conv_norm_act(block.conv1)
+        self.conv2 = FusedConvAct.from_conv_norm_act(block.conv2)
+        self.conv3 = FusedConvAct.from_conv_norm_act(block.conv3, act=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv3(self.conv2(self.conv1(x)), residual=x)
+
+
+def _fold(module: nn.Module) -> None:
+    for name, child in module.named_children():
+        if isinstance(child, DarkBlock):
+            setattr(module, name, FusedDarkBlock(child))
+        elif isinstance(child, BottleneckBlock):
+            setattr(module, name, FusedBottleneckBlock(child))
+        elif isinstance(child, ConvNormAct):
+            setattr(module, name, FusedConvAct.from_conv_norm_act(child))
+        else:
+            _fold(child)
+
+
+def fuse_bn(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` (an ``ImageClassifier``, a ``CSPNet`` backbone or any module built of cspnet blocks)
+    with every BatchNorm folded into the convolution before it, in eval mode. ``model`` is not changed.
+
+    The copy computes the same function as ``model.eval()`` up to float rounding, has the same attributes and
+    methods (``forward``, ``extract_feat``, ``forward_features``, ...), and is for inference only: no parameter
+    requires grad (gradients with respect to the input still flow, e.g. for Grad-CAM) and ``copy.train()`` raises :class:`~cspnet.errors.InvalidOptionError`.
+    Drop-path, an identity in eval mode, is dropped.
+    """
+    if not any(isinstance(m, ConvNormAct) for m in model.modules()):
+        raise InvalidOptionError(f"fuse_bn: {type(model).__name__} has no cspnet conv/BatchNorm layers to fold")
+    fused = copy.deepcopy(model).eval()
+    _fold(fused)
+    return fused.requires_grad_(False)

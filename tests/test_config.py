@@ -1,0 +1,152 @@
+"""Config files: _base_ merging, --cfg-options, unknown keys, and what the three CSPNet configs resolve to."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cspnet import config as C
+from cspnet.data.transforms import EvalPreset
+from cspnet.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs" / "cspnet"
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def test_base_merge_lists_replace_and_delete(tmp_path):
+    write(tmp_path / "_base_" / "a.py", "model = dict(type='ImageClassifier', backbone=dict(type='CSPResNet', "
+                                        "depth=50, out_indices=(3,)), head=dict(num_classes=1000, topk=(1, 5)))\n"
+                                        "test_pipeline = [dict(type='LoadImageFromFile'), dict(type='PackInputs')]\n")
+    write(tmp_path / "_base_" / "b.py", "train_cfg = dict(by_epoch=True, max_epochs=100, val_interval=1)\n"
+                                        "import math\nlr = math.pi\n")  # a module and a non-schema name
+    cfg_path = write(tmp_path / "sub" / "child.py", (
+        "_base_ = ['../_base_/a.py', '../_base_/b.py']\n"
+        "model = dict(backbone=dict(depth=50, frozen_stages=1), head=dict(_delete_=True, num_classes=10))\n"
+        "test_pipeline = [dict(type='PackInputs')]\n"
+        "train_cfg = dict(max_epochs=5)\n"
+        "_private = 1\n"
+    ))
+    cfg = C.load_config(cfg_path, schema=C.merge(C.SCHEMA, {"lr": C.ANY}))
+    assert cfg.model.backbone == {"type": "CSPResNet", "depth": 50, "out_indices": (3,), "frozen_stages": 1}
+    assert cfg.model.head == {"num_classes": 10}  # _delete_ replaced the inherited dict, and is gone itself
+    assert cfg.test_pipeline == [{"type": "PackInputs"}]  # lists replace
+    assert cfg.train_cfg == {"by_epoch": True, "max_epochs": 5, "val_interval": 1}
+    assert "math" not in cfg and "_private" not in cfg and "_base_" not in cfg
+    assert cfg.filename == str(cfg_path)
+    assert C.model_name(cfg) == "cspresnet50"
+    assert C.model_kwargs(cfg) == {"num_classes": 10, "out_indices": (3,), "frozen_stages": 1}
+
+
+def test_base_errors(tmp_path):
+    write(tmp_path / "a.py", "train_cfg = dict(max_epochs=1)\n")
+    write(tmp_path / "b.py", "train_cfg = dict(max_epochs=2)\n")
+    with pytest.raises(ConfigError, match=r"key 'train_cfg' is defined by two _base_ files"):
+        C.load_config(write(tmp_path / "dup.py", "_base_ = ['a.py', 'b.py']\n"))
+    with pytest.raises(ConfigError, match=r"_base_ file 'missing.py' not found"):
+        C.load_config(write(tmp_path / "m.py", "_base_ = 'missing.py'\n"))
+    write(tmp_path / "x.py", "_base_ = 'y.py'\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        C.load_config(write(tmp_path / "y.py", "_base_ = 'x.py'\n"))
+    with pytest.raises(ConfigError, match=r"line 1: syntax error"):
+        C.load_config(write(tmp_path / "syntax.py", "model = dict(\n"))
+    with pytest.raises(ConfigError, match="does not exist"):
+        C.load_config(tmp_path / "nope.py")
+
+
+@pytest.mark.parametrize("raw, value", [
+    ("0.1", 0.1), ("(1, 5)", (1, 5)), ("None", None), ("true", True), ("False", False), ("abc", "abc"),
+    ("[a,b]", ["a", "b"]), ("a,b", ["a", "b"]), ("[1,2]", [1, 2]), ("[(1,2),(3,4)]", [(1, 2), (3, 4)]),
+    ("[a,[b,c]]", ["a", ["b", "c"]]), ("'x,y'", "x,y"), ("/data/imagenet", "/data/imagenet"),
+])
+def test_parse_value(raw, value):
+    assert C.parse_value(raw) == value
+
+
+def test_cfg_options_override_nested_keys_and_list_items():
+    cfg = C.load_config(CONFIGS / "cspdarknet50_8xb32_in1k.py", [
+        "test_dataloader.dataset.pipeline.1.scale=64", "test_dataloader.dataset.pipeline.2.crop_size=56",
+        "test_dataloader.dataset.data_root=/data/in1k", "model.head.num_classes=10",
+        "optim_wrapper.optimizer.lr=0.05", "param_scheduler.milestones=[10,20]", "train_dataloader.batch_size=8",
+    ])
+    assert C.eval_preset(cfg) == EvalPreset(64, 56, "bicubic")
+    assert C.dataset_kwargs(cfg)["root"] == "/data/in1k"
+    assert C.model_kwargs(cfg)["num_classes"] == 10
+    assert cfg.optim_wrapper.optimizer.lr == 0.05 and cfg.param_scheduler.milestones == [10, 20]
+    assert cfg.train_dataloader.batch_size == 8 and cfg.val_dataloader.batch_size == 32  # no aliasing
+
+
+@pytest.mark.parametrize("options, message", [
+    (["model.backbone.dpeth=53"], r"unknown key 'model.backbone.dpeth' \(did you mean 'model.backbone.depth'\?\)"),
+    (["optim_wrapper.optimizer.weight_dacay=0"], r"did you mean 'optim_wrapper.optimizer.weight_decay'"),
+    (["test_dataloder.batch_size=1"], r"did you mean 'test_dataloader'"),
+    (["test_dataloader.dataset.pipeline.9.scale=1"], r"list of 4 items; '9' is not an index"),
+    (["model.backbone.type.x=1"], r"model.backbone.type is a str"),
+    (["novalue"], r"expected KEY=VALUE"),
+    (["test_dataloader.dataset.pipeline.1.type=Resize"], r"type='Resize' is not supported.*did you mean 'ResizeEdge'"),
+])
+def test_unknown_or_malformed_override_is_an_error(options, message):
+    with pytest.raises(ConfigError, match=message) as e:
+        C.load_config(CONFIGS / "cspresnet50_8xb32_in1k.py", options)
+    if "unknown key" in message:
+        assert "--cfg-options" in str(e.value)
+
+
+def test_typo_in_a_config_file_names_the_file_and_the_closest_key(tmp_path):
+    cfg_path = write(tmp_path / "typo.py", f"_base_ = '{CONFIGS / 'cspresnet50_8xb32_in1k.py'}'\n"
+                                           "train_cfg = dict(max_epoch=5)\n")
+    with pytest.raises(ConfigError, match=r"typo.py'.*unknown key 'train_cfg.max_epoch' "
+                                          r"\(did you mean 'train_cfg.max_epochs'\?\)"):
+        C.load_config(cfg_path)
+    cfg = C.load_config(CONFIGS / "cspresnet50_8xb32_in1k.py")
+    with pytest.raises(AttributeError, match="did you mean 'model'"):
+        cfg.modle
+
+
+@pytest.mark.parametrize("name, arch, resize, crop, width", [
+    ("cspdarknet50", "cspdarknet53", 288, 256, 1024),
+    ("cspresnet50", "cspresnet50", 288, 256, 1024),
+    ("cspresnext50", "cspresnext50", 256, 224, 2048),
+])
+def test_the_three_configs(name, arch, resize, crop, width):
+    cfg = C.load_config(CONFIGS / f"{name}_8xb32_in1k.py")
+    assert C.model_name(cfg) == arch
+    assert cfg.model.head.in_channels == width and C.model_kwargs(cfg) == {"num_classes": 1000}
+    assert C.eval_preset(cfg) == EvalPreset(resize, crop, "bicubic", (123.675, 116.28, 103.53), (58.395, 57.12, 57.375))
+    assert C.eval_preset(cfg, "val") == C.eval_preset(cfg)
+    train = C.train_pipeline(cfg)
+    assert (train.crop, train.interpolation, train.flip_prob, train.scale) == (224, "bicubic", 0.5, (0.08, 1.0))
+    assert cfg.optim_wrapper.optimizer == {"type": "SGD", "lr": 0.1, "momentum": 0.9, "weight_decay": 0.0001}
+    assert cfg.param_scheduler == {"type": "MultiStepLR", "by_epoch": True, "milestones": [30, 60, 90], "gamma": 0.1}
+    assert cfg.train_cfg.max_epochs == 100 and cfg.auto_scale_lr.base_batch_size == 256
+    for split, which in (("train", "train"), ("val", "val"), ("val", "test")):
+        assert C.dataset_kwargs(cfg, which) == dict(kind="ImageNet", root="data/imagenet", split=split,
+                                                     ann_file=None, data_prefix=None, classes=None)
+    assert C.loader_kwargs(cfg) == {"batch_size": 32, "num_workers": 5}
+
+
+def test_pretty_dump_round_trips(tmp_path):
+    cfg = C.load_config(CONFIGS / "cspresnext50_8xb32_in1k.py", ["model.backbone.out_indices=[2,3]"])
+    dumped = C.load_config(cfg.dump(tmp_path / "resolved.py"))
+    assert dumped == cfg and dumped.to_dict() == cfg.to_dict()
+    assert "model = {'type': 'ImageClassifier'" in cfg.pretty_text
+
+
+@pytest.mark.parametrize("options, message", [
+    (["data_preprocessor.to_rgb=False"], "to_rgb=False"),
+    (["model.head.in_channels=2048"], r"in_channels=2048 but cspresnet50 outputs 1024"),
+    (["model.backbone.depth=101"], r"type='CSPResNet' depth=101 is not a CSPNet"),
+    (["test_dataloader.dataset.pipeline.1.edge=long"], r"only edge='short'"),
+    (["test_dataloader.dataset.pipeline=[]"], r"pipeline is missing"),
+])
+def test_settings_this_library_cannot_honour_are_errors(options, message):
+    cfg = C.load_config(CONFIGS / "cspresnet50_8xb32_in1k.py", options)
+    with pytest.raises(ConfigError, match=message):
+        C.model_kwargs(cfg)
+        C.eval_preset(cfg)

@@ -1,0 +1,213 @@
+"""``tools/test.py`` / ``cspnet test`` end to end: the printed top-1/top-5 equal those computed here from the model's
+own logits, for every dataset layout, with 2 torchrun processes, for the seed's unchanged command line (checkpoint
+from a local HTTP server or a file), and every bad input gets its message."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import runpy
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import cspnet
+from cspnet.cli import main as cli_main
+from cspnet.data.transforms import EvalPreset, EvalTransform
+from cspnet.engine.evaluate import ShardSampler
+from cspnet.weights.checkpoint import save_state_dict
+from cspnet.weights.convert import convert_state_dict
+from golden import recipe_state_dict
+from httpserver import FileServer
+from test_datasets import LAYOUTS, make_images, write_layout
+
+REPO = Path(__file__).resolve().parents[1]
+R50 = str(REPO / "configs" / "cspnet" / "cspresnet50_8xb32_in1k.py")
+SMALL = ["test_dataloader.dataset.pipeline.1.scale=64", "test_dataloader.dataset.pipeline.2.crop_size=56"]
+# The rank in each image's own prediction that its label gets: top-1 right once, top-5 right 4 times of 7.
+RANKS = [0, 2, 4, 20, 30, 40, 1]
+
+
+def scores_of(model, images, preset: EvalPreset, flip: bool = False) -> torch.Tensor:
+    t = EvalTransform(preset)
+    x = t.normalize(torch.stack([t.to_uint8(p) for p in images]))
+    with torch.inference_mode():
+        s = model(x).softmax(1)
+        return (s + model(x.flip(3)).softmax(1)) / 2 if flip else s
+
+
+def accuracy(scores: torch.Tensor, labels: list[int]) -> tuple[float, float]:
+    """Top-1 and top-5 (%), rounded as printed."""
+    top5 = scores.topk(5, dim=1).indices
+    y = torch.tensor(labels)[:, None]
+    return tuple(round(100 * float((top5[:, :k] == y).any(1).float().mean()), 4) for k in (1, 5))
+
+
+def labels_at_ranks(scores: torch.Tensor, ranks: list[int]) -> list[int]:
+    order = scores.argsort(dim=1, descending=True)
+    return [int(order[i, r]) for i, r in enumerate(ranks)]
+
+
+def printed(out: str) -> tuple[float, float]:
+    m = re.search(r"^accuracy/top1: (\d+\.\d{4})  accuracy/top5: (\d+\.\d{4})$", out, re.M)
+    assert m, out
+    return float(m.group(1)), float(m.group(2))
+
+
+def run_test(capsys, *args: str) -> tuple[int, str, str]:
+    capsys.readouterr()
+    rc = cli_main(["test", *args])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """7 images in the three layouts, labelled so top-1/top-5 are neither 0 nor 100, and a cspresnet50 checkpoint."""
+    d = tmp_path_factory.mktemp("eval")
+    images = make_images(d / "images")
+    ckpt = save_state_dict(recipe_state_dict("cspresnet50"), d / "cspresnet50.pth", "timm")
+    model = cspnet.get_model("cspresnet50", pretrained=ckpt)
+    scores = scores_of(model, images, EvalPreset(64, 56))
+    labels = labels_at_ranks(scores, RANKS)
+    roots = {layout: write_layout(d / layout, layout, images, labels) for layout in LAYOUTS}
+    return dict(dir=d, images=images, ckpt=str(ckpt), labels=labels, roots=roots, expected=accuracy(scores, labels),
+                expected_tta=accuracy(scores_of(model, images, EvalPreset(64, 56), flip=True), labels))
+
+
+def test_expected_numbers_are_not_trivial(data):
+    assert data["expected"] == (14.2857, 57.1429)
+
+
+@pytest.mark.parametrize("layout, workers", [("folder", "0"), ("meta", "2"), ("flat", "0")])
+def test_every_layout_prints_the_numbers_of_the_logits(data, capsys, layout, workers):
+    rc, out, err = run_test(capsys, R50, data["ckpt"], "--num-workers", workers, "--cfg-options", *SMALL,
+                            f"test_dataloader.dataset.data_root={data['roots'][layout]}")
+    assert rc == 0, err
+    assert printed(out) == data["expected"]
+    assert "over 7 of 7 images" in out
+    assert "Pillow bicubic short edge 64, centre crop 56" in out and "fp32; no TTA; 1 process(es) x batch 32" in out
+
+
+def test_tta_and_out_file(data, capsys, tmp_path):
+    out_file = tmp_path / "res" / "preds.json"
+    rc, out, err = run_test(capsys, R50, data["ckpt"], "--tta", "--out", str(out_file), "--work-dir",
+                            str(tmp_path / "work"), "--batch-size", "3", "--num-workers", "0", "--cfg-options",
+                            *SMALL, f"test_dataloader.dataset.data_root={data['roots']['folder']}")
+    assert rc == 0, err
+    assert printed(out) == data["expected_tta"] and "flip TTA" in out
+    res = json.loads(out_file.read_text())
+    assert res["num_samples"] == 7 and res["skipped"] == [] and res["eval"]["tta"] is True
+    assert (round(res["metrics"]["accuracy/top1"], 4), round(res["metrics"]["accuracy/top5"], 4)) == data["expected_tta"]
+    by_name = {Path(p).name: y for p, y in zip(data["images"], data["labels"])}
+    assert {Path(p["path"]).name: p["label"] for p in res["predictions"]} == by_name
+    assert all(p["pred_label"] == p["top5"][0] and 0 < p["pred_score"] <= 1 for p in res["predictions"])
+    work = sorted(p.name for p in (tmp_path / "work").iterdir())
+    assert "cspresnet50_8xb32_in1k.py" in work and any(n.endswith(".json") for n in work)
+    assert any(n.endswith(".log") for n in work)
+
+
+def test_two_torchrun_processes_give_the_single_process_numbers(data, capsys, tmp_path):
+    rc, out, err = run_test(capsys, R50, data["ckpt"], "--out", str(tmp_path / "one.json"), "--num-workers", "0",
+                            "--cfg-options", *SMALL, f"test_dataloader.dataset.data_root={data['roots']['meta']}")
+    assert rc == 0, err
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           str(REPO / "tools" / "test.py"), R50, data["ckpt"], "--launcher", "pytorch", "--batch-size", "3",
+           "--num-workers", "0", "--out", str(tmp_path / "two.json"), "--cfg-options", *SMALL,
+           f"test_dataloader.dataset.data_root={data['roots']['meta']}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert printed(proc.stdout) == printed(out) == data["expected"]
+    assert "2 process(es) x batch 3" in proc.stdout and proc.stdout.count("accuracy/top1") == 1  # rank 0 prints
+    one, two = (json.loads((tmp_path / f).read_text()) for f in ("one.json", "two.json"))
+    assert two["num_samples"] == 7 and two["eval"]["world_size"] == 2
+    assert [(p["path"], p["label"], p["pred_label"], p["top5"]) for p in two["predictions"]] == \
+           [(p["path"], p["label"], p["pred_label"], p["top5"]) for p in one["predictions"]]
+
+
+def test_the_seed_command_line_with_a_url_and_a_file(tmp_path, monkeypatch, capsys):
+    """``python tools/test.py configs/cspnet/cspdarknet50_8xb32_in1k.py CHECKPOINT``, unchanged, from a folder whose
+    data/imagenet is a small dataset."""
+    images = make_images(tmp_path / "images", 3)
+    sd = recipe_state_dict("cspdarknet53")
+    model = cspnet.get_model("cspdarknet53")
+    cspnet.load_weights(model, sd)
+    scores = scores_of(model.eval(), images, EvalPreset(288, 256))
+    labels = labels_at_ranks(scores, [0, 3, 9])
+    work = tmp_path / "work"
+    write_layout(work / "data" / "imagenet", "folder", images, labels)
+    for name in ("configs", "tools"):
+        (work / name).symlink_to(REPO / name)
+    served = tmp_path / "served"
+    served.mkdir()
+    save_state_dict(convert_state_dict(sd, "cspdarknet53", to="mmpretrain"), served / "darknet.pth", "mmpretrain")
+    local = save_state_dict(sd, work / "darknet_timm.pth", "timm")
+
+    with FileServer(served) as server:
+        proc = subprocess.run(
+            [sys.executable, "tools/test.py", "configs/cspnet/cspdarknet50_8xb32_in1k.py", server.url("darknet.pth")],
+            cwd=work, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert printed(proc.stdout) == accuracy(scores, labels) == (33.3333, 66.6667)
+    assert "Pillow bicubic short edge 288, centre crop 256" in proc.stdout and "3 images, 1000 classes" in proc.stdout
+    assert server.hits == ["/darknet.pth"]
+
+    monkeypatch.chdir(work)
+    monkeypatch.setattr(sys, "argv", ["tools/test.py", "configs/cspnet/cspdarknet50_8xb32_in1k.py", local.name])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        runpy.run_path("tools/test.py", run_name="__main__")
+    assert e.value.code == 0
+    assert printed(capsys.readouterr().out) == (33.3333, 66.6667)
+
+
+def test_bad_inputs_get_clear_errors(data, capsys, tmp_path):
+    base = [R50, data["ckpt"], "--num-workers", "0", "--cfg-options", *SMALL]
+
+    def fails(root, *extra) -> str:
+        rc, out, err = run_test(capsys, *base, f"test_dataloader.dataset.data_root={root}", *extra)
+        assert rc == 2 and "accuracy/top1" not in out
+        assert "\ncspnet test: error: " in "\n" + err, err
+        return err
+
+    assert re.search(r"ImageNet root '.*nowhere' does not exist", fails(tmp_path / "nowhere"))
+    root = shutil.copytree(data["roots"]["folder"], tmp_path / "wrong")
+    (root / "val" / "my_cats").mkdir()
+    assert re.search(r"'.*my_cats' is not an ImageNet-1k class folder", fails(root))
+    root = shutil.copytree(data["roots"]["meta"], tmp_path / "range")
+    with open(root / "meta" / "val.txt", "a") as f:
+        f.write("extra.jpg 1000\n")
+    assert re.search(r"meta/val.txt' line 8: label 1000 is outside the class range 0..999", fails(root))
+    err = fails(data["roots"]["folder"], "test_dataloader.dataset.type=CustomDataset")
+    assert "the model predicts 1000 classes (model.head.num_classes) but the test set has 6" in err
+    assert "loaded" not in err  # found before the checkpoint is read
+    rc, _, err = run_test(capsys, R50, data["ckpt"], "--out", "x.pkl")
+    assert rc == 2 and "*.json" in err
+
+
+def test_corrupt_images_fail_or_are_skipped_and_reported(data, capsys, tmp_path):
+    root = shutil.copytree(data["roots"]["folder"], tmp_path / "bad")
+    folder = next((root / "val").iterdir())
+    (folder / "zz_truncated.JPEG").write_bytes(data["images"][0].read_bytes()[:400])
+    (folder / "zz_empty.png").write_bytes(b"")
+    args = [R50, data["ckpt"], "--cfg-options", *SMALL, f"test_dataloader.dataset.data_root={root}"]
+    rc, out, err = run_test(capsys, *args, "--num-workers", "0")
+    assert rc == 2 and re.search(r"zz_\w+\.\w+.*--skip-bad", err), err
+    rc, out, err = run_test(capsys, *args, "--num-workers", "2", "--skip-bad")
+    assert rc == 0, err
+    assert printed(out) == data["expected"]  # over the 7 readable images
+    assert "skipped 2 unreadable image(s):" in out and "zz_truncated.JPEG" in out and "zz_empty.png" in out
+    assert "over 7 of 9 images" in out
+
+
+@pytest.mark.parametrize("n, world", [(7, 2), (7, 3), (2, 4), (0, 2), (5, 1)])
+def test_shard_sampler_takes_every_index_once(n, world):
+    shards = [list(ShardSampler(n, r, world)) for r in range(world)]
+    assert sorted(i for s in shards for i in s) == list(range(n))
+    assert [len(ShardSampler(n, r, world)) for r in range(world)] == [len(s) for s in shards]
