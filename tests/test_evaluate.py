@@ -167,6 +167,7 @@ def test_the_seed_command_line_with_a_url_and_a_file(tmp_path, monkeypatch, caps
     assert printed(capsys.readouterr().out) == (33.3333, 66.6667)
 
 
+@pytest.mark.reliability("dataset-missing-root", "dataset-wrong-layout", "dataset-label-out-of-range")
 def test_bad_inputs_get_clear_errors(data, capsys, tmp_path):
     base = [R50, data["ckpt"], "--num-workers", "0", "--cfg-options", *SMALL]
 

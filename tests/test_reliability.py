@@ -225,3 +225,56 @@ def test_two_processes_download_the_same_file(served, good_ckpt):
     assert results == ["ok", "ok"]
     assert [p.name for p in cache.iterdir()] == ["w.safetensors"]
     assert (cache / "w.safetensors").read_bytes() == good_ckpt.read_bytes()
+
+
+# ------------------------------------------------------------------------------------------ evaluation, training
+@reliability("eval-skip-bad-corpus")
+def test_evaluation_skips_the_bad_image_corpus(tmp_path, capsys):
+    from test_evaluate import R50, SMALL, printed
+    from test_datasets import make_images, write_layout
+
+    images = make_images(tmp_path / "images")
+    root = write_layout(tmp_path / "folder", "folder", images, [0] * len(images))
+    folder = next((root / "val").iterdir())
+    (folder / "zero.JPEG").write_bytes(b"")
+    (folder / "notes.JPEG").write_text("not a picture")
+    (folder / "cut.JPEG").write_bytes((DEMO / "bird.JPEG").read_bytes()[:20000])
+    (folder / "bomb.png").write_bytes(_png_declaring(40000, 40000))
+    ckpt = save_state_dict(recipe_state_dict("cspresnet50"), tmp_path / "w.pth", "timm")
+    args = ["test", R50, str(ckpt), "--num-workers", "0", "--cfg-options", *SMALL,
+            f"test_dataloader.dataset.data_root={root}"]
+    assert cli(args) == 2  # without --skip-bad: an error naming a bad file
+    assert "--skip-bad" in capsys.readouterr().err
+    assert cli([*args, "--skip-bad"]) == 0
+    out = capsys.readouterr().out
+    printed(out)
+    assert "skipped 4 unreadable image(s):" in out and f"over {len(images)} of {len(images) + 4} images" in out
+    for name in ("zero.JPEG", "notes.JPEG", "cut.JPEG", "bomb.png"):
+        assert name in out
+
+
+@reliability("train-sigkill-three-times")
+def test_sigkill_at_three_random_steps_then_resume_is_exact(tmp_path):
+    import random
+    import signal
+
+    from test_train import assert_same_state, load, make_images, popen_train, wait_for_log, write_config
+
+    data = tmp_path / "data"
+    make_images(data / "train", 4, 8, seed=0)
+    cfg = write_config(tmp_path / "cfg.py", data)  # 2 epochs x 8 steps, deterministic
+    ref = popen_train(str(cfg), "--work-dir", str(tmp_path / "ref"), "--no-validate")
+    assert ref.wait(timeout=120) == 0, ref.communicate()[0]
+
+    wd = tmp_path / "wd"
+    kill_steps = sorted(random.Random(os.getpid()).sample(range(2, 16), 3))
+    for i, step in enumerate(kill_steps):
+        proc = popen_train(str(cfg), "--work-dir", str(wd), "--no-validate", *(["--resume"] if i else []))
+        wait_for_log(proc, wd, lambda r, s=step: r["mode"] == "train" and r["step"] >= s)
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=30)
+    final = popen_train(str(cfg), "--work-dir", str(wd), "--no-validate", "--resume")
+    assert final.wait(timeout=120) == 0, final.communicate()[0]
+    got, want = load(wd / "epoch_2.pth"), load(tmp_path / "ref" / "epoch_2.pth")
+    assert got["step"] == want["step"] == 16, kill_steps
+    assert_same_state(got["model"], want["model"])

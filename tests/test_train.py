@@ -220,6 +220,7 @@ def test_sigkill_mid_epoch_then_resume_is_exact(tmp_path, data, reference):
     assert steps == list(range(1, 17))
 
 
+@pytest.mark.reliability("train-sigterm")
 def test_sigterm_writes_a_checkpoint_and_resume_continues_mid_epoch(tmp_path, data, reference):
     cfg, ref = reference
     wd = tmp_path / "wd"
@@ -238,6 +239,7 @@ def test_sigterm_writes_a_checkpoint_and_resume_continues_mid_epoch(tmp_path, da
     assert not list(wd.glob("iter_*.pth"))  # superseded by the epoch checkpoint
 
 
+@pytest.mark.reliability("train-nan-loss")
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, reference, capsys):
     cfg, ref = reference
     wd = tmp_path / "wd"
@@ -252,6 +254,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, reference, 
     assert sorted(p.name for p in wd.glob("*.pth")) == ["epoch_1.pth"]
 
 
+@pytest.mark.reliability("config-unknown-key", "train-empty-dataset", "train-resume-other-architecture")
 def test_bad_input_errors(tmp_path, data, reference, capsys):
     cfg, ref = reference
     # unknown config key, with a suggestion
@@ -351,6 +354,7 @@ def _children(pid: int) -> dict[int, dict[str, str]]:
 
 
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the rank processes through /proc")
+@pytest.mark.reliability("train-ddp-rank-dies")
 def test_ddp_a_dying_rank_stops_every_rank(tmp_path, data):
     cfg = write_config(tmp_path / "cfg.py", data, epochs=50)
     wd = tmp_path / "wd"
