@@ -100,7 +100,8 @@ np.save(sys.argv[3], sess.run(["logits"], {{"input": np.load(sys.argv[2])}})[0])
     x = golden.golden_inputs(ARCH)[:3].numpy()
     np.save(tmp_path / "x.npy", x)
     proc = subprocess.run(
-        [sys.executable, "-I", "-S", "-c", code, str(dynamic_onnx.path), str(tmp_path / "x.npy"), str(tmp_path / "y.npy")],
+        [sys.executable, "-I", "-S", "-c", code, str(dynamic_onnx.path), str(tmp_path / "x.npy"),
+         str(tmp_path / "y.npy")],
         cwd=tmp_path, capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 0, proc.stderr

@@ -58,15 +58,25 @@ def golden_model(request):
     return arch, m, x, plain
 
 
-@pytest.mark.parametrize("kwargs", [{}, {"channels_last": False}, {"fuse": False}], ids=["default", "nchw", "unfused"])
-def test_fast_paths_match_plain_float32(golden_model, kwargs):
+def test_fast_default_matches_plain_float32(golden_model):
     arch, m, x, plain = golden_model
-    fast = cspnet.optimize_for_inference(m, **kwargs)
+    fast = cspnet.optimize_for_inference(m)  # folded + channels_last
     with torch.inference_mode():
         out = fast(x)
     assert out.dtype == torch.float32 and out.shape == plain.shape
     assert rel(out, plain) < FUSE_RTOL, arch
     assert torch.equal(out.argmax(1), plain.argmax(1))
+
+
+@pytest.mark.parametrize("arch", ARCH_NAMES)
+@pytest.mark.parametrize("kwargs", [{"channels_last": False}, {"fuse": False}, {"fuse": False, "channels_last": False}],
+                         ids=["folded-nchw", "unfused-nhwc", "copy"])
+def test_each_fast_path_matches_plain_float32(arch, kwargs):
+    m = tiny(arch)
+    x = torch.randn(3, 3, 64, 64)
+    with torch.inference_mode():
+        plain, out = m(x), cspnet.optimize_for_inference(m, **kwargs)(x)
+    assert rel(out, plain) < FUSE_RTOL and torch.equal(out.argmax(1), plain.argmax(1))
 
 
 def test_bf16_within_tolerance_same_top1(golden_model):

@@ -91,7 +91,7 @@ def test_invalid_out_indices_raise_a_clear_error(bad):
 
 
 def _bn_stats(module: nn.Module) -> list[torch.Tensor]:
-    return [b.clone() for m in module.modules() if isinstance(m, nn.BatchNorm2d) for b in (m.running_mean, m.running_var)]
+    return [b.clone() for m in _bns(module) for b in (m.running_mean, m.running_var)]
 
 
 def _bns(module: nn.Module) -> list[nn.BatchNorm2d]:

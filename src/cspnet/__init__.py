@@ -4,8 +4,10 @@ The public API mirrors mmpretrain's (``get_model``, ``list_models``, ``inference
 contracts; see the README for a tour.
 """
 
+from .analysis import analyze
 from .data.transforms import EvalPreset, EvalTransform, load_image
 from .errors import CSPNetError
+from .export import export_model
 from .fast import fuse_bn, optimize_for_inference
 from .inference import inference_model
 from .models import ARCHS, CSPNet, ImageClassifier
@@ -23,7 +25,9 @@ __all__ = [
     "ImageClassifier",
     "WEIGHTS",
     "WeightsInfo",
+    "analyze",
     "convert_state_dict",
+    "export_model",
     "fuse_bn",
     "get_model",
     "get_transform",

@@ -112,11 +112,15 @@ class Analysis:
         """A table for people: every number carries its resolution."""
         h, w = self.resolution
         at = f"@{h}x{w}"
-        rows = [f"{self.model} at {h}x{w} (batch 1)", f"{'part':<10} {'GMACs' + at:>16} {'params (M)':>11} {'MActs' + at:>16}"]
+        rows = [
+            f"{self.model} at {h}x{w} (batch 1)",
+            f"{'part':<10} {'GMACs' + at:>16} {'params (M)':>11} {'MActs' + at:>16}",
+        ]
         for p in self.parts:
             rows.append(f"{p.name:<10} {p.macs / 1e9:>16.4f} {p.params / 1e6:>11.3f} {p.activations / 1e6:>16.3f}")
         if any(p.name == "pool" for p in self.parts):
-            what = f"backbone + global pool (the seed's FLOPs column; conv {self.macs_conv / 1e9:.3f} G + BatchNorm + pool)"
+            what = (f"backbone + global pool (the seed's FLOPs column; conv {self.macs_conv / 1e9:.3f} G + BatchNorm "
+                    f"+ pool)")
         else:
             what = f"backbone (conv {self.macs_conv / 1e9:.3f} G + BatchNorm)"
         rows += [
@@ -169,7 +173,9 @@ def analyze(model: ImageClassifier | CSPNet | str, shape: int | Sequence[int] = 
     elif isinstance(model, CSPNet):
         backbone, head = model, None
     else:
-        raise InvalidOptionError(f"analyze() takes an ImageClassifier, a CSPNet or a model name, not {type(model).__name__}")
+        raise InvalidOptionError(
+            f"analyze() takes an ImageClassifier, a CSPNet or a model name, not {type(model).__name__}"
+        )
     h, w = _resolution(shape)
     x = torch.empty(1, backbone.stem.conv1.conv.in_channels, h, w, device="meta")
     was_training = model.training

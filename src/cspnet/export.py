@@ -233,7 +233,9 @@ def export_model(
     if format not in FORMATS:
         raise InvalidOptionError(f"format={format!r}; choose from {sorted(FORMATS)}")
     if not isinstance(model, ImageClassifier):
-        raise InvalidOptionError(f"export_model() takes an ImageClassifier (from cspnet.get_model), not {type(model).__name__}")
+        raise InvalidOptionError(
+            f"export_model() takes an ImageClassifier (from cspnet.get_model), not {type(model).__name__}"
+        )
     if format == "onnx" and opset not in OPSETS:
         raise InvalidOptionError(f"opset={opset}: the ONNX exporter writes opsets {OPSETS.start} to {OPSETS.stop - 1}")
     if not isinstance(batch_size, int) or batch_size < 1:
@@ -241,7 +243,9 @@ def export_model(
     size = image_size if image_size is not None else _transform_of(model).preset.crop
     hw = (size, size) if isinstance(size, int) else tuple(size)
     if len(hw) != 2 or not all(isinstance(s, int) and s >= 32 for s in hw):
-        raise InvalidOptionError(f"image_size={image_size!r}: give H or (H, W), each at least 32 (the network's stride)")
+        raise InvalidOptionError(
+            f"image_size={image_size!r}: give H or (H, W), each at least 32 (the network's stride)"
+        )
 
     # Export from the CPU (a copy when the model lives elsewhere): the file is then device-neutral, and the check
     # compares fp32 with fp32 (a CUDA reference runs TF32 convolutions, ~1e-2 away from any fp32 runtime).

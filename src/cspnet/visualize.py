@@ -179,7 +179,7 @@ def colormap(values: np.ndarray) -> np.ndarray:
 
 def overlay_cam(image: Image.Image | np.ndarray | torch.Tensor, cam: torch.Tensor | np.ndarray,
                 alpha: float = 0.5) -> Image.Image:
-    """Blend a 0..1 heatmap ``(H, W)`` over an RGB image of the same size (PIL, ``(H, W, 3)`` or ``(3, H, W)`` uint8)."""
+    """Blend a 0..1 heatmap ``(H, W)`` over an RGB image of that size: PIL, or uint8 ``(H, W, 3)`` / ``(3, H, W)``."""
     if isinstance(image, torch.Tensor):
         image = image.permute(1, 2, 0).cpu().numpy() if image.ndim == 3 and image.shape[0] == 3 else image.numpy()
     rgb = np.asarray(load_image(image), dtype=np.float32)

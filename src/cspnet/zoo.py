@@ -47,7 +47,7 @@ class WeightsInfo:
     """Everything known about one checkpoint.
 
     ``macs_224`` and ``macs_eval`` are multiply-accumulates (G) of backbone + global pool (the seed's "FLOPs"
-    column) at 224 and at the eval crop; ``tests/test_zoo.py`` recomputes them and the parameter count.
+    column) at 224 and at the eval crop; ``tests/test_analysis.py`` recomputes them and the parameter count.
     """
 
     name: str

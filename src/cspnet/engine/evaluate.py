@@ -226,13 +226,15 @@ def evaluate(
             num_classes = scores.shape[1]
             k = min(max(ks), num_classes)
             top_score, top_idx = scores.topk(k, dim=1)
-            label_pos = scores.gather(1, labels.to(dev)[:, None])[:, 0] > 0
+            label_pos = scores.gather(1, labels.to(dev, non_blocking=True)[:, None])[:, 0] > 0
+            # Kept on the device until the end: a copy to the CPU per batch would make the loop wait for the GPU
+            # every step, so loading and decoding the next batch could not overlap the model's work.
             for key, t in (("index", indices), ("label", labels), ("top_idx", top_idx), ("top_score", top_score),
                            ("label_pos", label_pos)):
-                parts[key].append(t.cpu())
+                parts[key].append(t)
         bar.update(len(indices) + len(batch_bad))
     bar.close()
-    local = {key: torch.cat(v).numpy() if v else None for key, v in parts.items()}
+    local = {key: torch.cat(v).cpu().numpy() if v else None for key, v in parts.items()}
     local["bad"], local["num_classes"] = bad, num_classes
     gathered = all_gather_object(local)
     seconds = time.perf_counter() - start

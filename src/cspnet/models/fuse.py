@@ -48,6 +48,11 @@ def _mkldnn_fused_ok() -> bool:
         return False
 
 
+def _compiling() -> bool:
+    compiler = getattr(torch, "compiler", None)
+    return bool(compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling())
+
+
 class FusedConvAct(nn.Module):
     """A :class:`~cspnet.models.cspnet.ConvNormAct` with its BatchNorm folded: conv (with bias) -> act.
 
@@ -77,7 +82,8 @@ class FusedConvAct(nn.Module):
         # autocast (it would change the dtype the plain conv runs in) and input and weight of one float dtype.
         w = self.conv.weight
         return (
-            x.device.type == "cpu"
+            not _compiling()  # under torch.compile, inductor picks (and fuses) the kernels itself
+            and x.device.type == "cpu"
             and not torch.is_grad_enabled()
             and x.dtype == w.dtype
             and x.dtype in (torch.float32, torch.bfloat16)
