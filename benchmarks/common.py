@@ -75,7 +75,8 @@ def machine(device: torch.device) -> dict[str, str]:
 
 def command_line() -> str:
     env = " ".join(f"{k}={shlex.quote(os.environ[k])}" for k in ("LD_PRELOAD",) if os.environ.get(k))
-    argv = [Path(sys.executable).name, os.path.relpath(sys.argv[0], REPO) if Path(sys.argv[0]).is_absolute() else sys.argv[0], *sys.argv[1:]]
+    script = os.path.relpath(sys.argv[0], REPO) if Path(sys.argv[0]).is_absolute() else sys.argv[0]
+    argv = [Path(sys.executable).name, script, *sys.argv[1:]]
     return (env + " " if env else "") + " ".join(shlex.quote(a) for a in argv)
 
 

@@ -16,7 +16,8 @@ import cspnet
 from cspnet.data.transforms import EvalPreset, EvalTransform, load_image, resize_short_edge
 from cspnet.engine.evaluate import build_eval_loader, evaluate
 from cspnet.errors import ImageError, InvalidOptionError
-from cspnet.fast import EncodedImage, GpuJpegDecoder, InferenceModel, JpegReader, apply_exif_orientation, resize_like_pillow
+from cspnet.fast import (EncodedImage, GpuJpegDecoder, InferenceModel, JpegReader, apply_exif_orientation,
+                         resize_like_pillow)
 from cspnet.models import ARCHS, ImageClassifier
 from cspnet.models.cspnet import BottleneckBlock, ConvNormAct, DarkBlock, replace_arch
 from cspnet.models.fuse import FusedConvAct
@@ -34,8 +35,8 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
 def tiny(arch: str = "cspresnet50", seed: int = 0) -> ImageClassifier:
     """A small net of the real blocks, with BatchNorm statistics far from identity (so folding is exercised)."""
     a = ARCHS[arch]
-    small = replace_arch(a, stem_chs=8, depths=(1,) * a.num_stages, channels=tuple(16 * 2**i for i in range(a.num_stages)),
-                         groups=min(a.groups[0], 4))
+    small = replace_arch(a, stem_chs=8, depths=(1,) * a.num_stages,
+                         channels=tuple(16 * 2**i for i in range(a.num_stages)), groups=min(a.groups[0], 4))
     torch.manual_seed(seed)
     m = ImageClassifier(small, num_classes=10, zero_init_last=False)
     for mod in m.modules():
@@ -190,7 +191,7 @@ def test_jpeg_reader_routes_files(tmp_path):
     reader = JpegReader(preset)
     jpeg = reader(str(DEMO / "bird.JPEG"))
     assert jpeg.decoded is None and jpeg.orientation == 1
-    assert bytes(jpeg.data[:2].tolist()) == b"\xff\xd8"  # the file's bytes, for nvJPEG
+    assert jpeg.data == (DEMO / "bird.JPEG").read_bytes()  # the file's bytes, for nvJPEG
     png = reader(str(DEMO / "cat-dog.png"))  # not a JPEG: the exact Pillow pipeline, in the worker
     assert png.data is None and torch.equal(png.decoded, EvalTransform(preset).to_uint8(DEMO / "cat-dog.png"))
     cmyk = tmp_path / "cmyk.jpg"
@@ -237,7 +238,7 @@ def test_evaluate_with_a_decode_hook(tmp_path):
 
     def decode(items: list[EncodedImage]) -> torch.Tensor:  # what GpuJpegDecoder does, with Pillow
         return torch.stack([it.decoded if it.decoded is not None else
-                            t.to_uint8(Image.open(io.BytesIO(it.data.numpy().tobytes())))
+                            t.to_uint8(Image.open(io.BytesIO(it.data)))
                             for it in items])
 
     m = tiny()
@@ -252,6 +253,7 @@ def test_cli_decode_gpu_needs_cuda(capsys):
 
     if torch.cuda.is_available():
         pytest.skip("this checks the CPU-only message")
-    rc = main(["test", str(Path(__file__).parents[1] / "configs/cspnet/cspresnet50_8xb32_in1k.py"), "x.pth", "--decode", "gpu", "--device", "cpu",
+    config = str(Path(__file__).parents[1] / "configs/cspnet/cspresnet50_8xb32_in1k.py")
+    rc = main(["test", config, "x.pth", "--decode", "gpu", "--device", "cpu",
                "--cfg-options", "test_dataloader.dataset.data_root=/nonexistent"])
     assert rc == 2 and "--decode gpu needs a CUDA device" in capsys.readouterr().err

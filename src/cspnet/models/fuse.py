@@ -37,13 +37,14 @@ def _mkldnn_fused_ok() -> bool:
         if not torch.backends.mkldnn.is_available():
             return False
         g = torch.Generator().manual_seed(0)
-        x, w, b = torch.randn(1, 4, 5, 5, generator=g), torch.randn(6, 4, 3, 3, generator=g), torch.randn(6, generator=g)
+        x, w, b = (torch.randn(s, generator=g) for s in ((1, 4, 5, 5), (6, 4, 3, 3), (6,)))
         r = torch.randn(1, 6, 5, 5, generator=g)
         with torch.no_grad():
             y = op(x, w, b, [1, 1], [1, 1], [1, 1], 1, "leaky_relu", [LEAKY_SLOPE], "")
             y2 = op.binary(x, r, w, b, [1, 1], [1, 1], [1, 1], 1, "add", 1.0, None, [], "")
             ref = F.conv2d(x, w, b, 1, 1)
-        return bool(torch.allclose(y, F.leaky_relu(ref, LEAKY_SLOPE), atol=1e-4) and torch.allclose(y2, ref + r, atol=1e-4))
+        ok = torch.allclose(y, F.leaky_relu(ref, LEAKY_SLOPE), atol=1e-4) and torch.allclose(y2, ref + r, atol=1e-4)
+        return bool(ok)
     except (AttributeError, RuntimeError, NotImplementedError):  # an op missing or unsupported in this build
         return False
 
@@ -151,7 +152,8 @@ def fuse_bn(model: nn.Module) -> nn.Module:
 
     The copy computes the same function as ``model.eval()`` up to float rounding, has the same attributes and
     methods (``forward``, ``extract_feat``, ``forward_features``, ...), and is for inference only: no parameter
-    requires grad (gradients with respect to the input still flow, e.g. for Grad-CAM) and ``copy.train()`` raises :class:`~cspnet.errors.InvalidOptionError`.
+    requires grad (gradients with respect to the input still flow, e.g. for Grad-CAM) and ``copy.train()`` raises
+    :class:`~cspnet.errors.InvalidOptionError`.
     Drop-path, an identity in eval mode, is dropped.
     """
     if not any(isinstance(m, ConvNormAct) for m in model.modules()):
