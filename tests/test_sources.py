@@ -115,6 +115,8 @@ def test_weights_dir_env_and_argument(ckpts, tmp_path, monkeypatch):
     d.mkdir()
     shutil.copy(ckpts["timm"], d / "cspresnet50.ra_in1k.safetensors")
     assert _same_weights(cspnet.get_model("cspresnet50", pretrained=True, weights_dir=d), ckpts["sd"])
+    # the seed URL given as pretrained= (tools/test.py's CHECKPOINT) goes through the same sources and arguments
+    assert _same_weights(cspnet.get_model("cspresnet50", pretrained=SEED_URL, weights_dir=d), ckpts["sd"])
     monkeypatch.setenv("CSPNET_WEIGHTS_DIR", str(d))
     assert _same_weights(cspnet.get_model("cspresnet50.ra_in1k", pretrained=True), ckpts["sd"])
 

@@ -175,13 +175,16 @@ def _is_url(s: str) -> bool:
     return urllib.parse.urlparse(s).scheme in ("http", "https", "file")
 
 
-def _fetch_url(url: str, cache_dir, info: WeightsInfo) -> Path:
-    """A user-given URL: a seed URL goes through every source (mirror, Hub, ...); any other is downloaded."""
+def _fetch_url(url: str, info: WeightsInfo, **where) -> Path:
+    """A user-given URL: a seed URL goes through every source (mirror, Hub, ...); any other is downloaded.
+
+    ``where``: the keyword arguments of :func:`~cspnet.weights.sources.resolve` (weights_dir, cache_dir, ...).
+    """
     for s in info.sources:
         if isinstance(s, UrlFile) and s.url == url:
-            return resolve(info.name, info.sources, cache_dir=cache_dir)
+            return resolve(info.name, info.sources, **where)
     name = Path(urllib.parse.urlparse(url).path).name or "checkpoint.pth"
-    dst = default_cache_dir(cache_dir) / name
+    dst = default_cache_dir(where.get("cache_dir")) / name
     if dst.is_file():
         return dst
     return download(url, dst, hash_prefix_of(name))
@@ -272,15 +275,14 @@ def get_model(
         **kwargs: backbone options (``out_indices``, ``frozen_stages``, ``norm_eval``, ``drop_path_rate``,
             ``in_chans``, ``zero_init_last``) and ``drop_rate`` for the head.
     """
+    where = dict(weights_dir=weights_dir, cache_dir=cache_dir, mirror=mirror, offline=offline, url_mapping=url_mapping)
     if str(name).endswith(".py"):  # an mmpretrain-style config file, as mmpretrain's get_model accepts
         from .config import build_model, load_config
 
         cfg = load_config(name)
         if pretrained is True:
             pretrained = cfg.get("load_from") or True
-        sources = dict(weights_dir=weights_dir, cache_dir=cache_dir, mirror=mirror, offline=offline,
-                       url_mapping=url_mapping, use_ema=use_ema)
-        return build_model(cfg, pretrained=pretrained, device=device, **sources,
+        return build_model(cfg, pretrained=pretrained, device=device, use_ema=use_ema, **where,
                            **_merge_mm_kwargs(dict(kwargs), backbone, head))
     info = get_weights_info(name)
     kwargs = _merge_mm_kwargs(dict(kwargs), backbone, head)
@@ -299,10 +301,9 @@ def get_model(
 
     if pretrained is not False and pretrained is not None:
         if pretrained is True:
-            path = resolve(info.name, info.sources, weights_dir=weights_dir, cache_dir=cache_dir,
-                              mirror=mirror, offline=offline, url_mapping=url_mapping)
+            path = resolve(info.name, info.sources, **where)
         elif isinstance(pretrained, (str, os.PathLike)):
-            path = _fetch_url(str(pretrained), cache_dir, info) if _is_url(str(pretrained)) else Path(pretrained)
+            path = _fetch_url(str(pretrained), info, **where) if _is_url(str(pretrained)) else Path(pretrained)
         else:
             raise InvalidOptionError(f"pretrained={pretrained!r}: use False, True, a file path or a URL")
         sd, meta = read_state_dict(path, prefer_ema=use_ema)

@@ -47,10 +47,8 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[Any, dict]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist or is not a file")
-    with open(path, "rb") as f:
-        head = f.read(8)
     try:
-        if path.suffix == ".safetensors" or (len(head) == 8 and not zipfile.is_zipfile(path) and _looks_safetensors(path)):
+        if path.suffix == ".safetensors" or (not zipfile.is_zipfile(path) and _looks_safetensors(path)):
             from safetensors import safe_open
 
             tensors = {}
