@@ -4,19 +4,22 @@
 Generates ImageNet-sized JPEGs (500x375 and 375x500) in the ImageNet folder layout (``val/<synset>/*.JPEG``),
 saves one checkpoint (timm's random init with randomised BatchNorm statistics), then times:
 
-- ``tools/test.py CONFIG CKPT`` (cspnet's evaluator: Pillow decode in the loader workers, fast model path), and
-  with ``--decode gpu`` / ``--no-optimize`` / ``--cuda-graph`` variants as asked;
+- ``tools/test.py CONFIG CKPT`` (cspnet's evaluator, fast model path) with each input path asked for:
+  ``loader`` (``--resize loader``: Pillow decode, resize and crop in the loader workers), ``device``
+  (``--resize device``: Pillow decode in the workers, the exact resize on the device), ``nvjpeg``
+  (``--decode gpu``), and ``--no-optimize`` / ``--cuda-graph`` / ``--compile`` variants of the last one;
 - a timm-style loop: ``torchvision.datasets.ImageFolder`` + ``timm.data.create_transform`` (timm's eval preset
   for the model) + ``DataLoader`` + the timm model (channels_last and bf16 autocast with ``--amp``, as
   ``timm/validate.py --amp --channels-last``), same batch size and workers;
-- with ``--stages``: each stage alone (the loader with Pillow decode, the loader + GPU decode, the model on
-  ready uint8 batches), to show what bounds the end-to-end figure.
+- with ``--stages``: each stage alone (the loader with the whole Pillow pipeline, the loader with Pillow decode
+  only, that + the resize on the device, the loader + GPU decode, the model on ready uint8 batches), to show
+  what bounds the end-to-end figure.
 
 Each pass runs in its own process; "loop img/s" counts from the first batch request to the last result (as the
 evaluator prints it), "wall" includes start-up. Writes/updates the section ``eval-<device>`` of RESULTS.md::
 
     LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2 /work/venv-timm/bin/python benchmarks/bench_eval.py
-    python benchmarks/bench_eval.py --device cuda --amp --num-images 10000 --decode cpu gpu --stages
+    python benchmarks/bench_eval.py --device cuda --amp --num-images 10000 --inputs loader device nvjpeg --stages
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
+# The input paths of tools/test.py, by name: where decoding and the (exact) resize run.
+INPUTS = {"loader": ["--resize", "loader"], "device": ["--resize", "device"], "nvjpeg": ["--decode", "gpu"]}
 _DONE = re.compile(r"over (\d+) of (\d+) images, ([\d.]+) s \(([\d.]+) images/s\)")
 _TOP1 = re.compile(r"accuracy/top1: ([\d.]+)")
 
@@ -141,11 +146,13 @@ def timm_loop(args) -> int:
 
 
 def stages(args, data: Path, device: torch.device) -> list[list[str]]:
-    """Each stage alone, in this process: Pillow loader, loader + GPU decode, model on ready batches."""
+    """Each stage alone, in this process: the loader with each input path's worker half (and its device half),
+    the model on ready batches."""
     import cspnet
     from cspnet import config as C
     from cspnet.data.datasets import build_dataset
-    from cspnet.data.transforms import EvalTransform
+    from cspnet.data.resample import DecodeForResize, DeviceResize
+    from cspnet.data.transforms import EvalTransform, _libjpeg_decoder
     from cspnet.engine.evaluate import build_eval_loader
 
     cfg = C.load_config(str(common.REPO / common.CONFIGS[args.arch]),
@@ -154,25 +161,42 @@ def stages(args, data: Path, device: torch.device) -> list[list[str]]:
     rows = []
 
     def drain(loader, fn=lambda imgs: imgs) -> float:
-        t0, n = time.perf_counter(), 0
-        for _, images, _, _ in loader:
-            out = fn(images)
-            n += len(out)
+        """Images/s from the first batch on: the workers' start-up (a second or so) is left out, as it is spread
+        over 50,000 images in a real evaluation."""
+        t0, n = None, 0
+        for indices, images, _, _ in loader:
+            fn(images)
+            if t0 is None:
+                common.sync(device)
+                t0 = time.perf_counter()
+            else:
+                n += len(indices)
         common.sync(device)
         return n / (time.perf_counter() - t0)
 
     kw = C.dataset_kwargs(cfg, "test")
     pin = device.type == "cuda"
-    ds = build_dataset(**kw, transform=transform.to_uint8)
-    rate = drain(build_eval_loader(ds, args.batch_size, args.workers, 0, 1, pin_memory=pin))
-    rows.append(["loader alone: Pillow decode + resize + crop", f"{args.workers} workers", f"{rate:,.0f}"])
+
+    def loader(read):
+        return build_eval_loader(build_dataset(**kw, transform=read), args.batch_size, args.workers, 0, 1,
+                                 pin_memory=pin)
+
+    where = f"{args.workers} workers"
+    rate = drain(loader(transform.to_uint8))
+    rows.append(["loader alone: Pillow decode + resize + crop (--resize loader)", where, f"{rate:,.0f}"])
+    # DecodeForResize decodes plain JPEGs with torchvision's libjpeg-turbo where that gives Pillow's pixels
+    decoder = "torchvision's libjpeg-turbo (Pillow's pixels)" if _libjpeg_decoder() else "Pillow"
+    rate = drain(loader(DecodeForResize(transform.preset)))
+    rows.append([f"loader alone: decode only, by {decoder}", where, f"{rate:,.0f}"])
+    rate = drain(loader(DecodeForResize(transform.preset)), DeviceResize(device))
+    rows.append([f"loader (decode only) + exact resize + crop on {device.type} (--resize device)", where,
+                 f"{rate:,.0f}"])
     if device.type == "cuda":
         from cspnet.fast import GpuJpegDecoder, JpegReader
 
-        dec = GpuJpegDecoder(transform.preset, device)
-        ds = build_dataset(**kw, transform=JpegReader(transform.preset))
-        rate = drain(build_eval_loader(ds, args.batch_size, args.workers, 0, 1, pin_memory=pin), dec)
-        rows.append(["loader (file bytes) + GPU decode + resize + crop", f"{args.workers} workers", f"{rate:,.0f}"])
+        rate = drain(loader(JpegReader(transform.preset)), GpuJpegDecoder(transform.preset, device))
+        rows.append(["loader (file bytes) + nvJPEG decode + exact resize + crop (--decode gpu)", where,
+                     f"{rate:,.0f}"])
     _, cm = common.paired_models(args.arch)
     net = cspnet.optimize_for_inference(cm.to(device), dtype="bf16" if args.amp else None)
     crop = transform.preset.crop
@@ -202,9 +226,10 @@ def main() -> int:
     p.add_argument("--workers", type=int, default=os.cpu_count(), help="loader workers for both (default: cores)")
     p.add_argument("--threads", type=int, default=2, help="torch threads on CPU")
     p.add_argument("--amp", action="store_true", help="bf16 for both (timm: autocast; cspnet: --amp)")
-    p.add_argument("--decode", nargs="+", default=["cpu"], choices=["cpu", "gpu"], help="cspnet decode variants")
+    p.add_argument("--inputs", nargs="+", default=None, choices=list(INPUTS),
+                   help="cspnet input paths to time (default: loader device, + nvjpeg on CUDA)")
     p.add_argument("--variants", nargs="*", default=[], choices=["no-optimize", "cuda-graph", "compile"],
-                   help="extra cspnet passes, with the last --decode")
+                   help="extra cspnet passes, with the last of --inputs")
     p.add_argument("--stages", action="store_true", help="also time each stage alone")
     p.add_argument("--quick", action="store_true", help="smoke run: 24 images, batch 8")
     p.add_argument("--results", type=Path, default=common.RESULTS)
@@ -234,12 +259,12 @@ def main() -> int:
                    "--num-workers", str(args.workers), "--device", args.device] + (["--amp"] if args.amp else [])
     test = [sys.executable, "tools/test.py", common.CONFIGS[args.arch], str(ckpt)]
     passes = []
-    for dec in args.decode:
-        passes.append(run_pass(f"cspnet tools/test.py, decode {dec}", test + common_args + ["--decode", dec], env))
-    base_decode = args.decode[-1]
+    inputs = args.inputs or (["loader", "device", "nvjpeg"] if gpu else ["loader", "device"])
+    for name in inputs:
+        passes.append(run_pass(f"cspnet tools/test.py {' '.join(INPUTS[name])}", test + common_args + INPUTS[name], env))
     for v in args.variants:
-        passes.append(run_pass(f"cspnet tools/test.py, decode {base_decode}, --{v}",
-                               test + common_args + ["--decode", base_decode, f"--{v}"], env))
+        passes.append(run_pass(f"cspnet tools/test.py {' '.join(INPUTS[inputs[-1]])} --{v}",
+                               test + common_args + INPUTS[inputs[-1]] + [f"--{v}"], env))
     timm_cmd = [sys.executable, __file__, "--timm-loop", "--arch", args.arch, "--checkpoint", str(ckpt),
                 "--data", str(data), "--device", args.device, "--batch-size", str(args.batch_size),
                 "--workers", str(args.workers), "--threads", str(args.threads)]

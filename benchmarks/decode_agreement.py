@@ -1,5 +1,7 @@
 #!/usr/bin/env python
-"""How far the GPU input path (``--decode gpu``: nvJPEG decode + GPU resize) is from the exact Pillow pipeline.
+"""How far the GPU input paths are from the exact Pillow pipeline: ``--resize device`` (Pillow decode in the
+workers, Pillow's resize re-done on the device: must be 0 everywhere) and ``--decode gpu`` (nvJPEG decode, then the
+same resize: nvJPEG's own IDCT differs).
 
 Pixels: every demo image and every generated JPEG through both paths; for the demo images also against the golden
 arrays (mmpretrain's own preprocessing, which the Pillow path reproduces exactly) when ``../shared/data/golden`` (or
@@ -19,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -45,6 +48,7 @@ def main() -> int:
     from bench_eval import make_dataset
 
     import cspnet
+    from cspnet.data.resample import DecodeForResize, DeviceResize, ResizeBatch
     from cspnet.data.transforms import EvalPreset, EvalTransform
     from cspnet.fast import GpuJpegDecoder, JpegReader
     from cspnet.weights.convert import convert_state_dict
@@ -81,11 +85,26 @@ def main() -> int:
             rel = float((a - b).abs().max() / a.abs().max())
             model_rows.append([f"demo images, cspdarknet53 {weights}", f"{agree}/{len(demo)}", f"{rel:.1e}"])
 
+    # --resize device on images of many sizes (enlarged, shrunk a lot, tall ones Pillow 13 resizes vertical pass
+    # first): every pixel must equal the Pillow path's
+    rng = np.random.default_rng(0)
+    sizes = [(int(w), int(h)) for w, h in rng.integers(16, 1600, (60, 2))] + [(257, 1000), (300, 1200), (4000, 300)]
+    noise = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for w, h in sizes]
+    for preset in (EvalPreset(288, 256), EvalPreset(256, 224), EvalPreset(72, 64, "bilinear")):
+        t, d = EvalTransform(preset), DecodeForResize(preset)
+        got = DeviceResize(device)(ResizeBatch.pack([d(im) for im in noise + demo])).cpu()
+        want = torch.stack([t.to_uint8(im) for im in noise + demo])
+        m, mean, share = pixel_stats(got, want)
+        rows.append([f"{len(sizes)} noise images of random sizes + the demo images (exact resize on {device.type}, "
+                     f"--resize device) vs the Pillow path", f"{preset.resize}->{preset.crop} {preset.interpolation}",
+                     "-", str(m), f"{mean:.4f}", f"{share:.2f}%"])
+
     # The generated set: all pixels, and predictions of the benchmarks' model
     data = make_dataset(args.data, args.num_images)
     files = sorted((data / "val").rglob("*.JPEG"))[: args.num_images]
     preset = EvalPreset(288, 256)
     t, reader, dec = EvalTransform(preset), JpegReader(preset), GpuJpegDecoder(preset, device)
+    exact, on_device, device_worst = DecodeForResize(preset), DeviceResize(device), 0
     _, cm = common.paired_models("cspdarknet53")
     net = cspnet.optimize_for_inference(cm.to(device))
     worst, total_abs, total_diff, npix, agree, relmax = 0, 0.0, 0.0, 0, 0, 0.0
@@ -93,6 +112,8 @@ def main() -> int:
         chunk = files[s : s + args.batch_size]
         g = dec([reader(str(f)) for f in chunk])
         c = torch.stack([t.to_uint8(f) for f in chunk]).to(device)
+        device_worst = max(device_worst, int((on_device(ResizeBatch.pack([exact(str(f)) for f in chunk])).int()
+                                              - c.int()).abs().max()))
         d = (g.int() - c.int()).abs()
         worst, npix = max(worst, int(d.max())), npix + d.numel()
         total_abs, total_diff = total_abs + float(d.sum()), total_diff + float((d > 0).sum())
@@ -100,19 +121,21 @@ def main() -> int:
             a, b = net(t.normalize(c)), net(t.normalize(g))
         agree += int((a.argmax(1) == b.argmax(1)).sum())
         relmax = max(relmax, float((a - b).abs().max() / a.abs().max()))
-    rows.append([f"{len(files)} generated JPEGs vs the Pillow path", "288->256", "-", str(worst),
+    rows.append([f"{len(files)} generated JPEGs, --decode gpu path vs the Pillow path", "288->256", "-", str(worst),
                  f"{total_abs / npix:.4f}", f"{100 * total_diff / npix:.2f}%"])
+    rows.append([f"{len(files)} generated JPEGs, exact resize on {device.type} (--resize device) vs the Pillow path",
+                 "288->256", "-", str(device_worst), "-", "-"])
     model_rows.append([f"{len(files)} generated JPEGs, cspdarknet53 random weights (bench model)",
                        f"{agree}/{len(files)} ({100 * agree / len(files):.2f}%)", f"{relmax:.1e}"])
     info["load average at end (1/5/15 min)"] = common.load_average()
 
     body = "\n".join(common.header_lines(info)) + "\n\n"
-    body += ("Pixels of the uint8 crop, GPU path vs the golden arrays (mmpretrain's preprocessing; the Pillow path "
-             "equals them: its column is 0)" + ("" if have_golden else "; no golden data here, so vs the Pillow path")
+    body += ("Pixels of the uint8 crop, each GPU input path vs the golden arrays (mmpretrain's preprocessing; the "
+             "Pillow path equals them: its column is 0) or the Pillow path" + ("" if have_golden else "; no golden data here, so vs the Pillow path")
              + ":\n\n")
-    body += common.table(["image", "resize->crop", "max abs diff, Pillow path vs golden", "max abs diff, GPU path",
-                          "mean abs diff, GPU path", "pixels differing, GPU path"], rows)
-    body += "\n\nPredictions on the GPU path's crops vs the Pillow path's:\n\n"
+    body += common.table(["image (path)", "resize->crop", "max abs diff, Pillow path vs golden",
+                          "max abs diff", "mean abs diff", "pixels differing"], rows)
+    body += "\n\nPredictions on the --decode gpu path's crops vs the Pillow path's:\n\n"
     body += common.table(["images, model", "same top-1", "max abs logit diff / max abs logit"], model_rows) + "\n"
     print(body)
     common.write_section(args.results, args.section or f"decode-{device.type}",

@@ -2,9 +2,10 @@
 # Every GPU measurement of the speed work in one run, for a machine lent for a few minutes (nothing is downloaded):
 #   models: cspdarknet53 bf16 batch 256 vs timm eager / channels_last / compiled, cspnet fast, + CUDA graph,
 #           + compile, + both, with each path's numbers vs the plain fp32 model; cspresnet50/cspresnext50 eager
-#   decode: --decode gpu (nvJPEG + GPU resize) vs the exact Pillow pipeline (pixels, top-1 agreement)
-#   eval:   tools/test.py end to end over 10,000 generated JPEGs (Pillow workers / GPU decode / + CUDA graph)
-#           vs a timm-style ImageFolder loop, and each stage alone
+#   decode: --resize device (exact resize on the GPU: must be 0 everywhere) and --decode gpu (nvJPEG) vs the
+#           exact Pillow pipeline (pixels, top-1 agreement)
+#   eval:   tools/test.py end to end over 10,000 generated JPEGs (--resize loader / --resize device / --decode gpu,
+#           + CUDA graph) vs a timm-style ImageFolder loop, and each stage alone
 # Each step has its own time limit and writes its section of $OUT/RESULTS.md as soon as it finishes.
 # Usage (repo root): benchmarks/gpu_check.sh            on the GPU machine (OUT set by the device tool)
 #                    benchmarks/gpu_check.sh --device cpu --quick     a smoke test of every step on CPU
@@ -43,8 +44,8 @@ if [ "$DEVICE" = cuda ]; then
   step "models cspdarknet53 bf16" 150 $PY benchmarks/bench_models.py --device cuda --dtype bf16 --batch-size 256 \
     --models cspdarknet53 --compile --cuda-graph --rounds 6 --section models-cuda-bf16-cspdarknet53 "${R[@]}" \
     --json "$OUT/models_cspdarknet53.json"
-  step "eval end to end" 110 $PY benchmarks/bench_eval.py --device cuda --amp --num-images 10000 --data "$DATA" \
-    --decode cpu gpu --variants cuda-graph --stages "${R[@]}"
+  step "eval end to end" 160 $PY benchmarks/bench_eval.py --device cuda --amp --num-images 10000 --data "$DATA" \
+    --inputs loader nvjpeg device --variants cuda-graph --stages "${R[@]}"
   step "decode agreement" 60 $PY benchmarks/decode_agreement.py --device cuda --data "$DATA" --num-images 2000 "${R[@]}"
   step "models resnets bf16" 80 $PY benchmarks/bench_models.py --device cuda --dtype bf16 --batch-size 256 \
     --models cspresnet50 cspresnext50 --cuda-graph --rounds 5 --section models-cuda-bf16-resnets "${R[@]}"

@@ -94,6 +94,23 @@ def test_every_layout_prints_the_numbers_of_the_logits(data, capsys, layout, wor
     assert "Pillow bicubic short edge 64, centre crop 56" in out and "fp32; no TTA; 1 process(es) x batch 32" in out
 
 
+def test_resize_on_the_device_gives_the_loaders_predictions(data, capsys, tmp_path):
+    """``--resize device`` (workers decode, the device resizes: the default on CUDA) against ``--resize loader``:
+    the same top-5 and scores for every image, through 2 loader workers, on the layout with PNG/BMP files too."""
+    runs = {}
+    for where in ("loader", "device"):
+        out_file = tmp_path / f"{where}.json"
+        rc, out, err = run_test(capsys, R50, data["ckpt"], "--resize", where, "--device", "cpu", "--num-workers", "2",
+                                "--batch-size", "4", "--out", str(out_file), "--cfg-options", *SMALL,
+                                f"test_dataloader.dataset.data_root={data['roots']['flat']}")
+        assert rc == 0, err
+        assert printed(out) == data["expected"]
+        runs[where] = (out, json.loads(out_file.read_text())["predictions"])
+    assert "Pillow decode and resize in the loader" in runs["loader"][0]
+    assert "Pillow decode in the loader, exact resize on cpu" in runs["device"][0]
+    assert runs["loader"][1] == runs["device"][1]  # scores included: the same pixels went in
+
+
 def test_tta_and_out_file(data, capsys, tmp_path):
     out_file = tmp_path / "res" / "preds.json"
     rc, out, err = run_test(capsys, R50, data["ckpt"], "--tta", "--out", str(out_file), "--work-dir",
@@ -192,12 +209,13 @@ def test_bad_inputs_get_clear_errors(data, capsys, tmp_path):
     assert rc == 2 and "*.json" in err
 
 
-def test_corrupt_images_fail_or_are_skipped_and_reported(data, capsys, tmp_path):
+@pytest.mark.parametrize("resize", ["loader", "device"])
+def test_corrupt_images_fail_or_are_skipped_and_reported(data, capsys, tmp_path, resize):
     root = shutil.copytree(data["roots"]["folder"], tmp_path / "bad")
     folder = next((root / "val").iterdir())
     (folder / "zz_truncated.JPEG").write_bytes(data["images"][0].read_bytes()[:400])
     (folder / "zz_empty.png").write_bytes(b"")
-    args = [R50, data["ckpt"], "--cfg-options", *SMALL, f"test_dataloader.dataset.data_root={root}"]
+    args = [R50, data["ckpt"], "--resize", resize, "--cfg-options", *SMALL, f"test_dataloader.dataset.data_root={root}"]
     rc, out, err = run_test(capsys, *args, "--num-workers", "0")
     assert rc == 2 and re.search(r"zz_\w+\.\w+.*--skip-bad", err), err
     rc, out, err = run_test(capsys, *args, "--num-workers", "2", "--skip-bad")

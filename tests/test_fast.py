@@ -13,11 +13,10 @@ import torch
 from PIL import Image, ImageOps
 
 import cspnet
-from cspnet.data.transforms import EvalPreset, EvalTransform, load_image, resize_short_edge
+from cspnet.data.transforms import EvalPreset, EvalTransform
 from cspnet.engine.evaluate import build_eval_loader, evaluate
 from cspnet.errors import ImageError, InvalidOptionError
-from cspnet.fast import (EncodedImage, GpuJpegDecoder, InferenceModel, JpegReader, apply_exif_orientation,
-                         resize_like_pillow)
+from cspnet.fast import EncodedImage, GpuJpegDecoder, InferenceModel, JpegReader, apply_exif_orientation
 from cspnet.models import ARCHS, ImageClassifier
 from cspnet.models.cspnet import BottleneckBlock, ConvNormAct, DarkBlock, replace_arch
 from cspnet.models.fuse import FusedConvAct
@@ -163,6 +162,22 @@ def test_inference_model_fast_default_same_top1():
     assert any(isinstance(mod, torch.nn.BatchNorm2d) for mod in m.modules()) and not m.training
 
 
+def test_inference_model_decodes_in_workers_with_the_same_results(tmp_path):
+    """More images than one batch: loader workers decode them (in order); a bad file is still named."""
+    m = tiny()
+    images = sorted(str(p) for p in DEMO.iterdir()) * 2
+    here = cspnet.inference_model(m, images, batch_size=3, num_workers=0)
+    workers = cspnet.inference_model(m, images, batch_size=3)  # 3 batches: 2 workers on this machine
+    assert [r["pred_label"] for r in here] == [r["pred_label"] for r in workers]
+    assert all(np.array_equal(a["pred_scores"], b["pred_scores"]) for a, b in zip(here, workers))
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8 not really")
+    with pytest.raises(ImageError, match="bad.jpg"):
+        cspnet.inference_model(m, images + [str(bad)], batch_size=3, num_workers=2)
+    with pytest.raises(InvalidOptionError, match="num_workers"):
+        cspnet.inference_model(m, images, num_workers=-1)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The GPU input path, in the parts that need no GPU
 # ---------------------------------------------------------------------------------------------------------------
@@ -174,16 +189,6 @@ def test_exif_orientation_matches_pillow(orientation):
     want = np.asarray(ImageOps.exif_transpose(img))
     got = apply_exif_orientation(torch.from_numpy(arr).permute(2, 0, 1), orientation).permute(1, 2, 0).numpy()
     assert got.shape == want.shape and (got == want).all(), orientation
-
-
-def test_resize_like_pillow_within_one_level():
-    for path in ("bird.JPEG", "dog.jpg"):
-        img = load_image(DEMO / path)
-        ref = resize_short_edge(img, 96)
-        x = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)[None]
-        got = resize_like_pillow(x, (ref.size[1], ref.size[0]))[0].permute(1, 2, 0).numpy().astype(int)
-        diff = np.abs(got - np.asarray(ref).astype(int))
-        assert diff.max() <= 1 and (diff > 0).mean() < 0.01, path
 
 
 def test_jpeg_reader_routes_files(tmp_path):
@@ -217,7 +222,9 @@ def test_decoder_on_cpu_matches_pillow_pipeline():
     paths = sorted(DEMO.iterdir())
     out = decoder([reader(str(p)) for p in paths])
     for p, got in zip(paths, out):
-        assert (got.int() - t.to_uint8(p).int()).abs().max() <= 2, p.name
+        # torchvision's CPU decoder is libjpeg-turbo, as Pillow's, and the resize is Pillow's own: equal. (On a GPU,
+        # nvJPEG's IDCT differs: benchmarks/decode_agreement.py measures that.)
+        assert torch.equal(got, t.to_uint8(p)), p.name
 
 
 def test_evaluate_with_a_decode_hook(tmp_path):

@@ -30,9 +30,9 @@ from pathlib import Path
 from typing import Any, Callable, NamedTuple, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from .data.resample import ResizeBatch, check_device_resize, crop_taps, resize_crop
 from .data.transforms import EvalPreset, EvalTransform
 from .errors import InvalidOptionError
 from .models.cspnet import ConvNormAct
@@ -280,33 +280,14 @@ def apply_exif_orientation(img: torch.Tensor, orientation: int) -> torch.Tensor:
     return ops[orientation](img)
 
 
-def resize_like_pillow(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """uint8 ``(N, C, h, w)`` -> uint8 ``(N, C, H, W)`` with Pillow's bicubic filter (a=-0.5, antialiased when
-    shrinking) on any device. As Pillow, it resizes the width first, rounds to 8 bits, then the height, so only
-    coefficient rounding differs (Pillow uses fixed point): at most a level or two.
-    """
-    y = x.float()
-    h, w = x.shape[-2:]
-    for target in ((h, size[1]), tuple(size)):
-        if tuple(y.shape[-2:]) != target:
-            y = F.interpolate(y, size=target, mode="bicubic", antialias=True, align_corners=False)
-            y = (y + 0.5).floor_().clamp_(0, 255)  # Pillow rounds half up and clips to 8 bits after each pass
-    return y.to(torch.uint8)
-
-
-def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A small CPU tensor to ``device`` without making the host wait for the GPU (pinned, non-blocking copy)."""
-    return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t.to(device)
-
-
 class GpuJpegDecoder:
-    """Decode a batch of :class:`EncodedImage` on ``device`` (nvJPEG via torchvision), resize and crop it as
-    :class:`~cspnet.data.transforms.EvalTransform` does: ``list[EncodedImage] -> uint8 (N, 3, crop, crop)``.
+    """Decode a batch of :class:`EncodedImage` on ``device`` (nvJPEG via torchvision), then resize and crop it
+    exactly as :class:`~cspnet.data.transforms.EvalTransform` does (:func:`cspnet.data.resample.resize_crop`):
+    ``list[EncodedImage] -> uint8 (N, 3, crop, crop)`` (channels-last in memory).
 
-    Images of one size are resized together. A JPEG nvJPEG rejects is decoded by Pillow instead. Not exact:
-    nvJPEG's IDCT and chroma upsampling differ from libjpeg-turbo's by a few levels per pixel, and the resize's
-    coefficients by a level or two; ``benchmarks/RESULTS.md`` gives the measured differences and the top-1
-    agreement. torchvision is needed for this path only.
+    A JPEG nvJPEG rejects is decoded by Pillow instead. Not exact: nvJPEG's IDCT and chroma upsampling differ from
+    libjpeg-turbo's by a few levels per pixel (the resize after it is Pillow's own); ``benchmarks/RESULTS.md``
+    gives the measured differences and the top-1 agreement. torchvision is needed for this path only.
     """
 
     def __init__(self, preset: EvalPreset, device: str | torch.device = "cuda"):
@@ -319,6 +300,7 @@ class GpuJpegDecoder:
             ) from None
         self.preset = preset
         self.device = torch.device(device)
+        check_device_resize(preset)
         self.transform = EvalTransform(preset)
         self._decode_jpeg, self._rgb = decode_jpeg, ImageReadMode.RGB
 
@@ -339,35 +321,26 @@ class GpuJpegDecoder:
                         out.append(None)
                 return out
 
-    def _resize_size(self, h: int, w: int) -> tuple[int, int]:
-        # resize_short_edge's arithmetic, so the GPU path crops the very same window
-        s = self.preset.resize
-        return (int(s * h / w), s) if w < h else (s, int(s * w / h))
-
     def __call__(self, items: Sequence[EncodedImage]) -> torch.Tensor:
         from PIL import Image
 
         crop = self.preset.crop
-        out = torch.empty((len(items), 3, crop, crop), dtype=torch.uint8, device=self.device)
+        out = torch.empty((len(items), crop, crop, 3), dtype=torch.uint8, device=self.device).permute(0, 3, 1, 2)
         jpegs = [i for i, it in enumerate(items) if it.data is not None]
         decoded = self._decode([items[i].data for i in jpegs]) if jpegs else []
-        groups: dict[tuple[int, int], list[tuple[int, torch.Tensor]]] = {}
+        done, images = [], []
         for i, img in zip(jpegs, decoded):
             if img is None:  # nvJPEG refused it: the exact Pillow pipeline, from the bytes in hand
-                pil = Image.open(io.BytesIO(items[i].data))
-                out[i] = self.transform.to_uint8(pil).to(self.device)
+                out[i] = self.transform.to_uint8(Image.open(io.BytesIO(items[i].data))).to(self.device)
                 continue
-            img = apply_exif_orientation(img, items[i].orientation)
-            groups.setdefault(tuple(img.shape[-2:]), []).append((i, img))
+            done.append(i)
+            images.append(apply_exif_orientation(img, items[i].orientation).permute(1, 2, 0))  # (H, W, 3)
         for i, it in enumerate(items):
             if it.decoded is not None:
                 out[i] = it.decoded.to(self.device, non_blocking=True)
-        for (h, w), members in groups.items():
-            nh, nw = self._resize_size(h, w)
-            resized = resize_like_pillow(torch.stack([m[1] for m in members]), (nh, nw))
-            # center_crop's offsets (Python's round, half to even), so both paths cut the same window
-            top, left = max(0, int(round((nh - crop) / 2.0))), max(0, int(round((nw - crop) / 2.0)))
-            index = _to_device(torch.tensor([m[0] for m in members]), self.device)
-            out[index] = resized[..., top : top + crop, left : left + crop]
+        if images:
+            shapes = [tuple(im.shape[:2]) for im in images]
+            batch = ResizeBatch.from_parts(torch.cat([im.reshape(-1, 3) for im in images]), shapes,
+                                           [crop_taps(h, w, self.preset) for h, w in shapes])
+            out[torch.tensor(done, device=self.device)] = resize_crop(batch, self.device)
         return out
-

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
 from .data.transforms import EvalTransform, ImageLike
+from .errors import ImageError, InvalidOptionError
 from .fast import optimize_for_inference
 from .models.classifier import ImageClassifier
 from .zoo import get_model, get_weights_info
@@ -25,6 +27,7 @@ def inference_model(
     batch_size: int = 16,
     topk: int | None = None,
     optimize: bool = True,
+    num_workers: int | None = None,
     **get_model_kwargs,
 ) -> dict[str, Any] | list[dict[str, Any]]:
     """Classify images.
@@ -40,6 +43,8 @@ def inference_model(
         optimize: run a fast inference copy of the model (BatchNorm folded into the convolutions, channels_last:
             :func:`cspnet.optimize_for_inference`), which gives the same scores up to float rounding. ``model``
             itself is not changed.
+        num_workers: processes that decode and resize images while the model runs. Default: with more images than
+            one batch, one per CPU core (at most one per batch); else 0 (this process).
 
     Returns:
         For one image a dict, for a list a list of dicts, each with ``pred_label`` (int), ``pred_score`` (float,
@@ -58,9 +63,10 @@ def inference_model(
     dev = _model_device(model)
     net = optimize_for_inference(model) if optimize else model
     results = []
-    for start in range(0, len(items), batch_size):
-        batch = torch.stack([transform.to_uint8(im) for im in items[start : start + batch_size]])
-        scores = net(transform.normalize(batch.to(dev))).float().softmax(dim=1).cpu()
+    for _, batch, _, bad in _batches(items, transform, batch_size, num_workers, pin=dev.type == "cuda"):
+        if bad:  # the first unreadable image, named by its ImageError
+            raise ImageError(bad[0][1])
+        scores = net(transform.normalize(batch.to(dev, non_blocking=True))).float().softmax(dim=1).cpu()
         for row in scores:
             label = int(row.argmax())
             res = {"pred_label": label, "pred_score": float(row[label]), "pred_scores": row.numpy().astype(np.float32)}
@@ -74,3 +80,28 @@ def inference_model(
                 ]
             results.append(res)
     return results[0] if single else results
+
+
+class _Images(torch.utils.data.Dataset):
+    def __init__(self, items: list, transform: EvalTransform):
+        self.items, self.transform = items, transform
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):
+        return self.transform.to_uint8(self.items[i]), -1
+
+
+def _batches(items: list, transform: EvalTransform, batch_size: int, num_workers: int | None, pin: bool):
+    """``(indices, uint8 (n, 3, crop, crop), labels, bad)`` per batch, in order (the evaluation loader's batches)."""
+    from .engine.evaluate import build_eval_loader
+
+    if batch_size < 1:
+        raise InvalidOptionError(f"batch_size must be at least 1, got {batch_size}")
+    if num_workers is None:
+        batches = -(-len(items) // batch_size)
+        num_workers = min(os.cpu_count() or 1, batches) if batches > 1 else 0
+    elif num_workers < 0:
+        raise InvalidOptionError(f"num_workers must be 0 or more, got {num_workers}")
+    return build_eval_loader(_Images(items, transform), batch_size, num_workers, rank=0, world_size=1, pin_memory=pin)

@@ -17,6 +17,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: cuda if available)")
     p.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default %(default)s)")
+    p.add_argument("--num-workers", type=int, default=None,
+                   help="processes decoding images while the model runs (default: one per CPU core when there is "
+                        "more than one batch)")
     p.add_argument("--save-vis", default=None, metavar="PATH",
                    help="also save each image with its top-k drawn on it: a file (.png/.jpg, one image) or a folder "
                         "(receives <image stem>.png per image)")
@@ -38,7 +41,8 @@ def run(args: argparse.Namespace) -> int:
         vis_paths(args.images, args.save_vis)  # a bad --save-vis fails before the model loads
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = get_model(args.model, pretrained=args.weights or True, device=device)
-    results = inference_model(model, list(args.images), batch_size=args.batch_size, topk=args.topk)
+    results = inference_model(model, list(args.images), batch_size=args.batch_size, topk=args.topk,
+                              num_workers=args.num_workers)
     synsets = imagenet_synsets() if model.num_classes == 1000 else None
     rows = []
     for image, res in zip(args.images, results):

@@ -38,9 +38,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "machine; the config's value is for mmpretrain's 8-GPU nodes and is not used)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available; under torchrun "
                                                   "cuda:LOCAL_RANK)")
+    p.add_argument("--resize", choices=["auto", "loader", "device"], default="auto",
+                   help="where the exact Pillow resize + centre crop runs: 'loader' (in the loader workers) or "
+                        "'device' (on the evaluation device: the workers only decode, so they feed it several times "
+                        "more images/s; the same pixels, bit for bit); default 'auto': 'device' on CUDA, else 'loader'")
     p.add_argument("--decode", choices=["cpu", "gpu"], default="cpu",
-                   help="'gpu': decode JPEGs with nvJPEG and resize on the GPU (needs torchvision; not bit-exact: "
-                        "see benchmarks/RESULTS.md); default 'cpu': the exact Pillow pipeline in the loader workers")
+                   help="'gpu': decode JPEGs with nvJPEG (needs torchvision; not bit-exact: see "
+                        "benchmarks/RESULTS.md), then resize on the GPU; default 'cpu': Pillow in the loader workers")
     p.add_argument("--no-optimize", action="store_true",
                    help="run the model as built (default: BatchNorm folded and channels_last, the same results up "
                         "to float rounding; see cspnet.optimize_for_inference)")
@@ -80,6 +84,34 @@ def _load_model(cfg, checkpoint: str, info):
     return build_model(cfg, pretrained=checkpoint, device=info.device)
 
 
+def _input_path(args: argparse.Namespace, transform, device):
+    """``(description, dataset transform run by the loader workers, decode run on the device or None)``."""
+    from ..errors import InvalidOptionError
+
+    if args.decode == "gpu":
+        from ..fast import GpuJpegDecoder, JpegReader
+
+        if device.type != "cuda":
+            raise InvalidOptionError(f"--decode gpu needs a CUDA device; this run is on {device}")
+        if args.resize == "loader":
+            raise InvalidOptionError("--decode gpu decodes on the GPU, so it resizes there too: drop --resize loader")
+        return ("nvJPEG decode and exact resize on the GPU", JpegReader(transform.preset),
+                GpuJpegDecoder(transform.preset, device))
+    from ..data.resample import DecodeForResize, DeviceResize, check_device_resize
+
+    on_device = args.resize == "device"
+    if args.resize == "auto" and device.type == "cuda":
+        try:
+            check_device_resize(transform.preset)
+            on_device = True
+        except InvalidOptionError:  # a filter only Pillow has (nearest): the loader resizes, as it always could
+            pass
+    if on_device:
+        return (f"Pillow decode in the loader, exact resize on {device.type}", DecodeForResize(transform.preset),
+                DeviceResize(device))
+    return "Pillow decode and resize in the loader", transform.to_uint8, None
+
+
 def _test(args: argparse.Namespace, info) -> int:
     from .. import config as C
     from ..data.datasets import build_dataset
@@ -100,16 +132,9 @@ def _test(args: argparse.Namespace, info) -> int:
 
     cfg = C.load_config(args.config, args.cfg_options)
     transform = EvalTransform(C.eval_preset(cfg))
+    input_path, read, decoder = _input_path(args, transform, info.device)
     # The data before the model: a wrong path fails in a second, not after a checkpoint download.
-    decoder = None
-    if args.decode == "gpu":
-        from ..fast import GpuJpegDecoder, JpegReader
-
-        if info.device.type != "cuda":
-            raise InvalidOptionError(f"--decode gpu needs a CUDA device; this run is on {info.device}")
-        decoder = GpuJpegDecoder(transform.preset, info.device)
-    dataset = build_dataset(**C.dataset_kwargs(cfg, "test"),
-                            transform=JpegReader(transform.preset) if decoder else transform.to_uint8)
+    dataset = build_dataset(**C.dataset_kwargs(cfg, "test"), transform=read)
     num_classes = C.model_kwargs(cfg)["num_classes"]
     if num_classes != dataset.num_classes:
         raise ConfigError(
@@ -123,7 +148,7 @@ def _test(args: argparse.Namespace, info) -> int:
 
     setting = (f"{transform.preset.describe()}; {'bf16 autocast' if args.amp else 'fp32'}; "
                f"{'flip TTA' if args.tta else 'no TTA'}; {info.world_size} process(es) x batch {batch_size} "
-               f"on {info.device.type}{'; nvJPEG decode' if decoder else ''}")
+               f"on {info.device.type}; {input_path}")
     say = print if info.is_main else (lambda *a, **k: None)
     say(f"model: {C.model_name(cfg)} ({args.config}), checkpoint: {args.checkpoint}")
     say(f"data:  {dataset.describe()}")

@@ -61,7 +61,8 @@ class _Indexed(Dataset):
 
 
 def collate_indexed(batch: Sequence[tuple[int, Any, int, str | None]]):
-    """Stack the readable images; returns ``(indices, images uint8 (n, 3, H, W) or None, labels, bad)``.
+    """Stack the readable images; returns ``(indices, images, labels, bad)``, ``images`` uint8 ``(n, 3, H, W)``
+    (or what the items' ``collate`` makes of them), ``None`` when none could be read.
 
     ``indices``/``labels`` cover the readable images only; ``bad`` lists ``(index, error message)`` of the others.
     """
@@ -70,9 +71,12 @@ def collate_indexed(batch: Sequence[tuple[int, Any, int, str | None]]):
     indices = torch.tensor([b[0] for b in good], dtype=torch.long)
     labels = torch.tensor([b[2] for b in good], dtype=torch.long)
     images = None
-    if good:  # uint8 crops are stacked; other items (encoded JPEGs for GPU decoding, cspnet.fast) stay a list
+    if good:
+        # uint8 crops are stacked; items with a ``collate`` of their own (decoded images for the resize on the
+        # device, cspnet.data.resample) pack themselves; others (encoded JPEGs for nvJPEG, cspnet.fast) stay a list
         items = [b[1] for b in good]
-        images = torch.stack(items) if isinstance(items[0], torch.Tensor) else items
+        pack = getattr(type(items[0]), "collate", None)
+        images = torch.stack(items) if isinstance(items[0], torch.Tensor) else pack(items) if pack else items
     return indices, images, labels, bad
 
 
@@ -186,8 +190,9 @@ def evaluate(
         progress: a progress bar (images/s) on rank 0.
         optimize, compile, cuda_graph: the fast path (:func:`cspnet.fast.optimize_for_inference`): BatchNorm
             folded and channels_last by default (same results up to float rounding), bf16 weights with ``amp``.
-        decode: turns a loader batch into uint8 ``(N, 3, H, W)`` on the device (e.g.
-            :class:`cspnet.fast.GpuJpegDecoder`); default: the batch is already that, moved to the device.
+        decode: turns a loader batch into uint8 ``(N, 3, H, W)`` on the device
+            (:class:`cspnet.data.resample.DeviceResize`: Pillow's resize on the device, exact;
+            :class:`cspnet.fast.GpuJpegDecoder`: nvJPEG); default: the batch is already that, moved to the device.
 
     Every rank returns the same result.
 
