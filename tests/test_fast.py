@@ -168,14 +168,18 @@ def test_inference_model_decodes_in_workers_with_the_same_results(tmp_path):
     images = sorted(str(p) for p in DEMO.iterdir()) * 2
     here = cspnet.inference_model(m, images, batch_size=3, num_workers=0)
     workers = cspnet.inference_model(m, images, batch_size=3)  # 3 batches: 2 workers on this machine
-    assert [r["pred_label"] for r in here] == [r["pred_label"] for r in workers]
-    assert all(np.array_equal(a["pred_scores"], b["pred_scores"]) for a, b in zip(here, workers))
+    on_device = cspnet.inference_model(m, images, batch_size=3, resize="device")  # the default on CUDA
+    for other in (workers, on_device):
+        assert [r["pred_label"] for r in here] == [r["pred_label"] for r in other]
+        assert all(np.array_equal(a["pred_scores"], b["pred_scores"]) for a, b in zip(here, other))
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"\xff\xd8 not really")
     with pytest.raises(ImageError, match="bad.jpg"):
         cspnet.inference_model(m, images + [str(bad)], batch_size=3, num_workers=2)
     with pytest.raises(InvalidOptionError, match="num_workers"):
         cspnet.inference_model(m, images, num_workers=-1)
+    with pytest.raises(InvalidOptionError, match="resize='gpu'"):
+        cspnet.inference_model(m, images, resize="gpu")
 
 
 # ---------------------------------------------------------------------------------------------------------------

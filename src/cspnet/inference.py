@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
+from .data.resample import split_transform
 from .data.transforms import EvalTransform, ImageLike
 from .errors import ImageError, InvalidOptionError
 from .fast import optimize_for_inference
@@ -28,6 +29,7 @@ def inference_model(
     topk: int | None = None,
     optimize: bool = True,
     num_workers: int | None = None,
+    resize: str = "auto",
     **get_model_kwargs,
 ) -> dict[str, Any] | list[dict[str, Any]]:
     """Classify images.
@@ -45,6 +47,8 @@ def inference_model(
             itself is not changed.
         num_workers: processes that decode and resize images while the model runs. Default: with more images than
             one batch, one per CPU core (at most one per batch); else 0 (this process).
+        resize: where the exact resize + centre crop runs: ``'loader'`` (with the decoding), ``'device'`` (on the
+            model's device, :mod:`cspnet.data.resample`: the same pixels), ``'auto'`` (``'device'`` on CUDA).
 
     Returns:
         For one image a dict, for a list a list of dicts, each with ``pred_label`` (int), ``pred_score`` (float,
@@ -62,11 +66,13 @@ def inference_model(
     items = [images] if single else list(images)
     dev = _model_device(model)
     net = optimize_for_inference(model) if optimize else model
+    read, on_device = split_transform(transform, dev, resize)
     results = []
-    for _, batch, _, bad in _batches(items, transform, batch_size, num_workers, pin=dev.type == "cuda"):
+    for _, batch, _, bad in _batches(items, read, batch_size, num_workers, pin=dev.type == "cuda"):
         if bad:  # the first unreadable image, named by its ImageError
             raise ImageError(bad[0][1])
-        scores = net(transform.normalize(batch.to(dev, non_blocking=True))).float().softmax(dim=1).cpu()
+        batch = on_device(batch) if on_device else batch.to(dev, non_blocking=True)
+        scores = net(transform.normalize(batch)).float().softmax(dim=1).cpu()
         for row in scores:
             label = int(row.argmax())
             res = {"pred_label": label, "pred_score": float(row[label]), "pred_scores": row.numpy().astype(np.float32)}
@@ -83,18 +89,18 @@ def inference_model(
 
 
 class _Images(torch.utils.data.Dataset):
-    def __init__(self, items: list, transform: EvalTransform):
-        self.items, self.transform = items, transform
+    def __init__(self, items: list, read: Callable[[ImageLike], Any]):
+        self.items, self.read = items, read
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, i: int):
-        return self.transform.to_uint8(self.items[i]), -1
+        return self.read(self.items[i]), -1
 
 
-def _batches(items: list, transform: EvalTransform, batch_size: int, num_workers: int | None, pin: bool):
-    """``(indices, uint8 (n, 3, crop, crop), labels, bad)`` per batch, in order (the evaluation loader's batches)."""
+def _batches(items: list, read: Callable[[ImageLike], Any], batch_size: int, num_workers: int | None, pin: bool):
+    """``(indices, images, labels, bad)`` per batch of ``read``'s outputs, in order (the evaluation loader's)."""
     from .engine.evaluate import build_eval_loader
 
     if batch_size < 1:
@@ -104,4 +110,4 @@ def _batches(items: list, transform: EvalTransform, batch_size: int, num_workers
         num_workers = min(os.cpu_count() or 1, batches) if batches > 1 else 0
     elif num_workers < 0:
         raise InvalidOptionError(f"num_workers must be 0 or more, got {num_workers}")
-    return build_eval_loader(_Images(items, transform), batch_size, num_workers, rank=0, world_size=1, pin_memory=pin)
+    return build_eval_loader(_Images(items, read), batch_size, num_workers, rank=0, world_size=1, pin_memory=pin)

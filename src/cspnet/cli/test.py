@@ -97,19 +97,12 @@ def _input_path(args: argparse.Namespace, transform, device):
             raise InvalidOptionError("--decode gpu decodes on the GPU, so it resizes there too: drop --resize loader")
         return ("nvJPEG decode and exact resize on the GPU", JpegReader(transform.preset),
                 GpuJpegDecoder(transform.preset, device))
-    from ..data.resample import DecodeForResize, DeviceResize, check_device_resize
+    from ..data.resample import split_transform
 
-    on_device = args.resize == "device"
-    if args.resize == "auto" and device.type == "cuda":
-        try:
-            check_device_resize(transform.preset)
-            on_device = True
-        except InvalidOptionError:  # a filter only Pillow has (nearest): the loader resizes, as it always could
-            pass
-    if on_device:
-        return (f"Pillow decode in the loader, exact resize on {device.type}", DecodeForResize(transform.preset),
-                DeviceResize(device))
-    return "Pillow decode and resize in the loader", transform.to_uint8, None
+    read, resize = split_transform(transform, device, args.resize)
+    if resize is None:
+        return "Pillow decode and resize in the loader", read, None
+    return f"Pillow decode in the loader, exact resize on {device.type}", read, resize
 
 
 def _test(args: argparse.Namespace, info) -> int:

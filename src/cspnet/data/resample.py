@@ -26,10 +26,10 @@ import numpy as np
 import torch
 
 from ..errors import InvalidOptionError
-from .transforms import EvalPreset, ImageLike, _libjpeg_decoder, crop_offsets, load_rgb_array, short_edge_shape
+from .transforms import EvalPreset, EvalTransform, ImageLike, _libjpeg_decoder, crop_offsets, load_rgb_array, short_edge_shape
 
 __all__ = ["check_device_resize", "pillow_taps", "crop_taps", "DecodedImage", "ResizeBatch", "DecodeForResize",
-           "DeviceResize", "resize_crop"]
+           "DeviceResize", "resize_crop", "split_transform"]
 
 # Resample.c: 8-bit pixels times 22-bit weights fit a 32-bit int, with 2 bits for sign and overshoot
 PRECISION_BITS = 32 - 8 - 2
@@ -323,3 +323,19 @@ class DeviceResize:
 
     def __call__(self, batch: ResizeBatch) -> torch.Tensor:
         return resize_crop(batch, self.device)
+
+
+def split_transform(transform: EvalTransform, device: torch.device | str, resize: str = "auto"):
+    """Where the exact eval preprocessing runs: ``(worker half, device half or None)``.
+
+    ``resize``: ``'loader'``: all of it in the loader workers (``transform.to_uint8``, uint8 crops);
+    ``'device'``: the workers decode (:class:`DecodeForResize`), the device resizes and crops
+    (:class:`DeviceResize`); ``'auto'``: ``'device'`` on CUDA when the preset's filter is implemented here, else
+    ``'loader'``. The pixels are the same either way.
+    """
+    if resize not in ("auto", "loader", "device"):
+        raise InvalidOptionError(f"resize={resize!r}: use 'auto', 'loader' or 'device'")
+    device = torch.device(device)
+    if resize == "device" or (resize == "auto" and device.type == "cuda" and transform.preset.interpolation in _FILTERS):
+        return DecodeForResize(transform.preset), DeviceResize(device)
+    return transform.to_uint8, None
