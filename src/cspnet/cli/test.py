@@ -40,8 +40,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                                   "cuda:LOCAL_RANK)")
     p.add_argument("--resize", choices=["auto", "loader", "device"], default="auto",
                    help="where the exact Pillow resize + centre crop runs: 'loader' (in the loader workers) or "
-                        "'device' (on the evaluation device: the workers only decode, so they feed it several times "
-                        "more images/s; the same pixels, bit for bit); default 'auto': 'device' on CUDA, else 'loader'")
+                        "'device' (on the evaluation device: the workers only decode, so they feed it about twice "
+                        "as many images/s; the same pixels, bit for bit); default 'auto': 'device' on CUDA, else "
+                        "'loader'")
     p.add_argument("--decode", choices=["cpu", "gpu"], default="cpu",
                    help="'gpu': decode JPEGs with nvJPEG (needs torchvision; not bit-exact: see "
                         "benchmarks/RESULTS.md), then resize on the GPU; default 'cpu': Pillow in the loader workers")
