@@ -151,7 +151,7 @@ def stages(args, data: Path, device: torch.device) -> list[list[str]]:
     import cspnet
     from cspnet import config as C
     from cspnet.data.datasets import build_dataset
-    from cspnet.data.resample import DecodeForResize, DeviceResize
+    from cspnet.data.resample import DecodeForResize, DeviceResize, ResizeBatch, resize_crop
     from cspnet.data.transforms import EvalTransform, _libjpeg_decoder
     from cspnet.engine.evaluate import build_eval_loader
 
@@ -197,6 +197,20 @@ def stages(args, data: Path, device: torch.device) -> list[list[str]]:
         rate = drain(loader(JpegReader(transform.preset)), GpuJpegDecoder(transform.preset, device))
         rows.append(["loader (file bytes) + nvJPEG decode + exact resize + crop (--decode gpu)", where,
                      f"{rate:,.0f}"])
+    # The device's share of --resize device: one decoded batch, its pixels already on the device
+    files = [str(path) for path, _ in build_dataset(**kw).samples[: args.batch_size]]
+    batch = ResizeBatch.pack([DecodeForResize(transform.preset)(f) for f in files])
+    batch = batch._replace(pixels=batch.pixels.to(device))
+    reps = 20 if device.type == "cuda" else 2
+    resize_crop(batch, device)
+    common.sync(device)
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        resize_crop(batch, device)
+    common.sync(device)
+    rate = reps * len(files) / (time.perf_counter() - t0)
+    rows.append([f"exact resize + crop alone on {device.type} (decoded pixels already there)",
+                 f"batch {len(files)}", f"{rate:,.0f}"])
     _, cm = common.paired_models(args.arch)
     net = cspnet.optimize_for_inference(cm.to(device), dtype="bf16" if args.amp else None)
     crop = transform.preset.crop
