@@ -44,9 +44,9 @@ if [ "$DEVICE" = cuda ]; then
   step "models cspdarknet53 bf16" 150 $PY benchmarks/bench_models.py --device cuda --dtype bf16 --batch-size 256 \
     --models cspdarknet53 --compile --cuda-graph --rounds 6 --section models-cuda-bf16-cspdarknet53 "${R[@]}" \
     --json "$OUT/models_cspdarknet53.json"
-  step "eval end to end" 160 $PY benchmarks/bench_eval.py --device cuda --amp --num-images 10000 --data "$DATA" \
+  step "eval end to end" 200 $PY benchmarks/bench_eval.py --device cuda --amp --num-images 10000 --data "$DATA" \
     --inputs loader nvjpeg device --variants cuda-graph --stages "${R[@]}"
-  step "decode agreement" 60 $PY benchmarks/decode_agreement.py --device cuda --data "$DATA" --num-images 2000 "${R[@]}"
+  step "decode agreement" 90 $PY benchmarks/decode_agreement.py --device cuda --data "$DATA" --num-images 1000 "${R[@]}"
   step "models resnets bf16" 80 $PY benchmarks/bench_models.py --device cuda --dtype bf16 --batch-size 256 \
     --models cspresnet50 cspresnext50 --cuda-graph --rounds 5 --section models-cuda-bf16-resnets "${R[@]}"
 else
