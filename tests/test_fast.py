@@ -162,6 +162,25 @@ def test_inference_model_fast_default_same_top1():
     assert any(isinstance(mod, torch.nn.BatchNorm2d) for mod in m.modules()) and not m.training
 
 
+def test_inference_model_folds_once_until_the_weights_change(monkeypatch):
+    import cspnet.inference as inference
+
+    folds = []
+    real = inference.optimize_for_inference
+    monkeypatch.setattr(inference, "optimize_for_inference", lambda m: folds.append(1) or real(m))
+    m, image = tiny(), DEMO / "dog.jpg"
+    first = cspnet.inference_model(m, image)["pred_scores"]
+    assert np.array_equal(cspnet.inference_model(m, image)["pred_scores"], first) and len(folds) == 1
+    m.load_state_dict(tiny(seed=1).state_dict())  # in place: the cached copy is stale
+    changed = cspnet.inference_model(m, image)["pred_scores"]
+    assert len(folds) == 2 and not np.allclose(changed, first)
+    assert np.abs(changed - cspnet.inference_model(m, image, optimize=False)["pred_scores"]).max() < 1e-5
+    with torch.no_grad():
+        m.head.fc.bias.add_(1.0)  # an in-place edit of one tensor
+    cspnet.inference_model(m, image)
+    assert len(folds) == 3
+
+
 def test_inference_model_decodes_in_workers_with_the_same_results(tmp_path):
     """More images than one batch: loader workers decode them (in order); a bad file is still named."""
     m = tiny()
