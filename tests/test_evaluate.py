@@ -135,6 +135,7 @@ def test_two_torchrun_processes_give_the_single_process_numbers(data, capsys, tm
     assert rc == 0, err
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            str(REPO / "tools" / "test.py"), R50, data["ckpt"], "--launcher", "pytorch", "--batch-size", "3",
+           "--resize", "device",  # each rank resizes on its own device: the same pixels as the loader's
            "--num-workers", "0", "--out", str(tmp_path / "two.json"), "--cfg-options", *SMALL,
            f"test_dataloader.dataset.data_root={data['roots']['meta']}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
