@@ -178,7 +178,16 @@ def test_inference_model_folds_once_until_the_weights_change(monkeypatch):
     with torch.no_grad():
         m.head.fc.bias.add_(1.0)  # an in-place edit of one tensor
     cspnet.inference_model(m, image)
-    assert len(folds) == 3
+    m.head.fc.weight.data = m.head.fc.weight.data * 2  # a swapped storage, no version bump
+    cspnet.inference_model(m, image)
+    m.to(torch.float64).float()  # cast there and back: new storages
+    cspnet.inference_model(m, image)
+    assert len(folds) == 5
+    with torch.inference_mode():
+        made_there = tiny()  # inference tensors have no version counter: folded on every call instead
+    for _ in range(2):
+        assert np.abs(cspnet.inference_model(made_there, image)["pred_scores"] - first).max() < 1e-5
+    assert len(folds) == 7
 
 
 def test_inference_model_decodes_in_workers_with_the_same_results(tmp_path):

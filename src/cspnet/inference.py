@@ -21,21 +21,26 @@ def _model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-# model -> (its weights' identity, its fast copy). Folding takes ~0.1 s, as long as a CPU forward pass at batch 1: made
-# on every call it doubled the time of a loop classifying one image per call.
-_FAST_COPIES: "weakref.WeakKeyDictionary[torch.nn.Module, tuple[tuple, torch.nn.Module]]" = weakref.WeakKeyDictionary()
+# model -> (its tensors and their versions, its fast copy). Folding takes ~0.1 s, as long as a CPU forward pass at
+# batch 1: made on every call it doubled the time of a loop classifying one image per call.
+_FAST_COPIES: "weakref.WeakKeyDictionary[torch.nn.Module, tuple[list, torch.nn.Module]]" = weakref.WeakKeyDictionary()
 
 
 def _fast_copy(model: torch.nn.Module) -> torch.nn.Module:
-    """``optimize_for_inference(model)``, cached until any parameter or buffer of ``model`` is replaced, moved or
-    changed in place (``load_state_dict``, an optimiser step, ``.to()``: each bumps a tensor's version counter or
-    swaps the tensor)."""
-    state = tuple((id(t), t._version, t.device, t.dtype) for t in (*model.parameters(), *model.buffers()))
+    """``optimize_for_inference(model)``, cached until any parameter or buffer of ``model`` is replaced, moved, cast
+    or changed in place (``load_state_dict``, an optimiser step, ``.to()``, ``p.data = ...``)."""
+    tensors = [*model.parameters(), *model.buffers()]
+    if any(t.is_inference() for t in tensors):  # made under inference_mode: no version counter to watch
+        return optimize_for_inference(model)
+    # The storage too: .to(dtype) and `p.data = ...` swap it without a version bump
+    state = [(t._version, t.data_ptr(), t.device, t.dtype) for t in tensors]
     cached = _FAST_COPIES.get(model)
-    if cached is not None and cached[0] == state:
+    # Weak references, not ids: a replaced tensor's id may be reused by its successor.
+    if cached is not None and len(cached[0]) == len(tensors) and all(
+            ref() is t and old == new for (ref, old), t, new in zip(cached[0], tensors, state)):
         return cached[1]
     net = optimize_for_inference(model)
-    _FAST_COPIES[model] = (state, net)
+    _FAST_COPIES[model] = ([(weakref.ref(t), s) for t, s in zip(tensors, state)], net)
     return net
 
 
