@@ -26,14 +26,13 @@ from __future__ import annotations
 import copy
 import io
 import warnings
-from pathlib import Path
 from typing import Any, Callable, NamedTuple, Sequence
 
 import torch
 from torch import nn
 
 from .data.resample import ResizeBatch, check_device_resize, crop_taps, resize_crop
-from .data.transforms import EvalPreset, EvalTransform
+from .data.transforms import EvalPreset, EvalTransform, read_plain_jpeg
 from .errors import InvalidOptionError
 from .models.cspnet import ConvNormAct
 from .models.fuse import FusedConvAct, fuse_bn
@@ -244,25 +243,18 @@ class JpegReader:
     """The dataset transform of the GPU input path: ``path -> EncodedImage`` (runs in the loader workers).
 
     A file Pillow cannot read raises :class:`~cspnet.errors.ImageError` here, in the worker, so ``--skip-bad``
-    works as with the CPU path. Non-JPEG files and CMYK JPEGs go through the exact Pillow pipeline instead.
+    works as with the CPU path. Non-JPEG files, CMYK JPEGs and JPEGs over Pillow's pixel limit go through the exact
+    Pillow pipeline instead (:func:`~cspnet.data.transforms.read_plain_jpeg`).
     """
 
     def __init__(self, preset: EvalPreset):
         self.transform = EvalTransform(preset)
 
     def __call__(self, path: str) -> EncodedImage:
-        from PIL import Image
-
-        try:
-            raw = Path(path).read_bytes()
-            with Image.open(io.BytesIO(raw)) as im:  # lazy: reads the header only
-                ok = im.format == "JPEG" and im.mode in ("RGB", "L")
-                orientation = int(im.getexif().get(0x0112, 1) or 1) if ok else 1
-        except Exception:  # noqa: BLE001 - the Pillow path below raises the precise ImageError, naming the file
-            ok = False
-        if ok and 1 <= orientation <= 8:
-            return EncodedImage(raw, orientation, None)
-        return EncodedImage(None, 1, self.transform.to_uint8(path))
+        jpeg = read_plain_jpeg(path)
+        if jpeg is not None:
+            return EncodedImage(*jpeg, None)
+        return EncodedImage(None, 1, self.transform.to_uint8(path))  # raises the precise ImageError, naming the file
 
 
 def apply_exif_orientation(img: torch.Tensor, orientation: int) -> torch.Tensor:

@@ -104,6 +104,7 @@ def pillow_taps(in_size: int, out_size: int, interpolation: str) -> tuple[np.nda
     return xmin, weights
 
 
+@functools.lru_cache(maxsize=None)  # asked once per image
 def _pillow_major() -> int:
     import PIL
 
@@ -336,6 +337,7 @@ def split_transform(transform: EvalTransform, device: torch.device | str, resize
     if resize not in ("auto", "loader", "device"):
         raise InvalidOptionError(f"resize={resize!r}: use 'auto', 'loader' or 'device'")
     device = torch.device(device)
-    if resize == "device" or (resize == "auto" and device.type == "cuda" and transform.preset.interpolation in _FILTERS):
+    supported = transform.preset.interpolation in _FILTERS
+    if resize == "device" or (resize == "auto" and device.type == "cuda" and supported):
         return DecodeForResize(transform.preset), DeviceResize(device)
     return transform.to_uint8, None

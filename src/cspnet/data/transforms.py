@@ -142,6 +142,30 @@ def load_rgb_array(image: ImageLike) -> np.ndarray:
     return np.asarray(load_image(image), dtype=np.uint8)
 
 
+def read_plain_jpeg(path: str | os.PathLike) -> tuple[bytes, int] | None:
+    """A JPEG file's bytes and EXIF orientation (1..8) when a decoder other than Pillow (torchvision's libjpeg-turbo,
+    nvJPEG) may take it: RGB or greyscale, within Pillow's pixel limit. ``None`` for anything else, unreadable files
+    included: Pillow's pipeline then takes the file and names any problem. Other files are read no further than
+    their first two bytes, so that Pillow alone reads them.
+    """
+    try:
+        with open(path, "rb") as f:
+            if f.read(2) != b"\xff\xd8":  # JPEG's start-of-image marker
+                return None
+            f.seek(0)
+            raw = f.read()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a size warning here is Pillow's to raise, on its own path
+            with Image.open(io.BytesIO(raw)) as im:  # the header only
+                if (im.format != "JPEG" or im.mode not in ("RGB", "L")
+                        or im.width * im.height > (Image.MAX_IMAGE_PIXELS or float("inf"))):
+                    return None
+                orientation = int(im.getexif().get(0x0112, 1) or 1)  # 0 or absent: as stored, as exif_transpose
+    except Exception:  # noqa: BLE001 - Pillow decides
+        return None
+    return (raw, orientation) if 1 <= orientation <= 8 else None
+
+
 @functools.lru_cache(maxsize=None)
 def _libjpeg_decoder():
     """``path -> (H, W, 3) uint8 array or None`` through torchvision, if importable and equal to Pillow here."""
@@ -159,15 +183,12 @@ def _libjpeg_decoder():
         return rgb.permute(1, 2, 0).numpy()  # (H, W, 3): libjpeg-turbo's own layout, no copy
 
     def decode(path: Path) -> np.ndarray | None:
+        jpeg = read_plain_jpeg(path)
+        if jpeg is None or jpeg[1] != 1:  # anything else, and EXIF rotation, is Pillow's
+            return None
         try:
-            raw = path.read_bytes()
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                with Image.open(io.BytesIO(raw)) as im:  # the header only
-                    plain = (im.format == "JPEG" and im.mode in ("RGB", "L") and im.getexif().get(0x0112, 1) == 1
-                             and im.width * im.height <= (Image.MAX_IMAGE_PIXELS or float("inf")))
-            return decode_bytes(raw) if plain else None
-        except Exception:  # noqa: BLE001 - unreadable, truncated, ...: Pillow decides and names the file
+            return decode_bytes(jpeg[0])
+        except RuntimeError:  # truncated, corrupt, ...: Pillow decides and names the file
             return None
 
     rng = np.random.default_rng(0)
