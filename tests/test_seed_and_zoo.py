@@ -90,3 +90,5 @@ def test_get_model_from_config_file(weights_dir):
                          weights_dir=weights_dir, head=dict(num_classes=3))
     assert m.backbone.arch.name == "cspresnet50" and m.num_classes == 3
     assert (m.transform.preset.resize, m.transform.preset.crop) == (288, 256)
+    # num_classes= as with a model name (it used to be dropped for config files)
+    assert cspnet.get_model(str(ROOT / "configs/cspnet/cspresnet50_8xb32_in1k.py"), num_classes=7).num_classes == 7

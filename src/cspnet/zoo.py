@@ -14,7 +14,7 @@ import re
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import torch
 
@@ -225,10 +225,10 @@ def load_weights(
             ) from None
         raise CheckpointError(f"{source}: {e}") from None
     head = {k: sd.pop(k) for k in convert.HEAD_KEYS if k in sd}
-    if isinstance(model, CSPNet):
-        model.load_state_dict({k.removeprefix("backbone."): v for k, v in sd.items()})
+    backbone = model if isinstance(model, CSPNet) else model.backbone
+    backbone.load_state_dict({k.removeprefix("backbone."): v for k, v in sd.items()})
+    if backbone is model:
         return
-    model.backbone.load_state_dict({k.removeprefix("backbone."): v for k, v in sd.items()})
     n_ckpt = head["head.fc.weight"].shape[0] if head else None
     if head and n_ckpt == model.num_classes:
         model.head.load_state_dict({k.removeprefix("head."): v for k, v in head.items()})
@@ -276,18 +276,17 @@ def get_model(
             ``in_chans``, ``zero_init_last``) and ``drop_rate`` for the head.
     """
     where = dict(weights_dir=weights_dir, cache_dir=cache_dir, mirror=mirror, offline=offline, url_mapping=url_mapping)
+    kwargs = _merge_mm_kwargs(dict(kwargs), backbone, head)
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
     if str(name).endswith(".py"):  # an mmpretrain-style config file, as mmpretrain's get_model accepts
         from .config import build_model, load_config
 
         cfg = load_config(name)
         if pretrained is True:
             pretrained = cfg.get("load_from") or True
-        return build_model(cfg, pretrained=pretrained, device=device, use_ema=use_ema, **where,
-                           **_merge_mm_kwargs(dict(kwargs), backbone, head))
+        return build_model(cfg, pretrained=pretrained, device=device, use_ema=use_ema, **where, **kwargs)
     info = get_weights_info(name)
-    kwargs = _merge_mm_kwargs(dict(kwargs), backbone, head)
-    if num_classes is not None:
-        kwargs["num_classes"] = num_classes
     if features_only:
         if kwargs.pop("num_classes", None) not in (None, 0) or "drop_rate" in kwargs:
             raise InvalidOptionError("features_only=True builds the backbone alone: it takes no num_classes/drop_rate")
