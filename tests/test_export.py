@@ -148,6 +148,8 @@ def test_bad_options_and_failed_checks_write_nothing(tiny, tmp_path):
         export_model(tiny, tmp_path / "x.onnx", opset=9)
     with pytest.raises(InvalidOptionError, match="image_size"):
         export_model(tiny, tmp_path / "x.onnx", image_size=(16, 16))
+    with pytest.raises(InvalidOptionError, match="image_size"):
+        export_model(tiny, tmp_path / "x.onnx", image_size=(64, 64, 3))
     # a check that cannot pass (onnxruntime and PyTorch round differently, by ~1e-7): nothing is written, and
     # an older file of that name is left alone
     old = tmp_path / "old.onnx"
@@ -159,3 +161,15 @@ def test_bad_options_and_failed_checks_write_nothing(tiny, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["old.onnx"]  # no temporary file left behind
     assert tiny.training  # the mode it was in
     tiny.eval()
+
+
+def test_cli_image_size_takes_one_or_two_numbers(capsys):
+    """`--image-size 224` (one number: square) used to be refused by export_model as "give H or (H, W)"."""
+    from cspnet.analysis import resolution
+    from cspnet.cli import main
+
+    assert resolution([224], "--image-size", minimum=32) == (224, 224)
+    assert resolution([224, 160], "--image-size", minimum=32) == (224, 160)
+    for bad in (["16"], ["64", "64", "3"]):
+        assert main(["export", "cspresnet50", "--image-size", *bad]) == 2  # refused before any download
+        assert "--image-size" in capsys.readouterr().err

@@ -134,12 +134,15 @@ class Analysis:
         return "\n".join(rows)
 
 
-def _resolution(shape: int | Sequence[int]) -> tuple[int, int]:
-    hw = (shape, shape) if isinstance(shape, int) else tuple(shape)
+def resolution(size: int | Sequence[int], name: str = "shape", minimum: int = 1) -> tuple[int, int]:
+    """An input size given as ``N``, ``[N]`` or ``(H, W)`` -> ``(H, W)``, each at least ``minimum``; else
+    :class:`~cspnet.errors.InvalidOptionError` naming the argument ``name``."""
+    hw = (size, size) if isinstance(size, int) else tuple(size)
     if len(hw) == 1:
         hw = (hw[0], hw[0])
-    if len(hw) != 2 or not all(isinstance(s, int) and s > 0 for s in hw):
-        raise InvalidOptionError(f"shape={shape!r}: give one positive size or (H, W)")
+    if len(hw) != 2 or not all(isinstance(s, int) and s >= minimum for s in hw):
+        least = "positive" if minimum == 1 else f"at least {minimum} (the network's stride)"
+        raise InvalidOptionError(f"{name}={size!r}: give one size or (H, W), each {least}")
     return hw  # type: ignore[return-value]
 
 
@@ -176,7 +179,7 @@ def analyze(model: ImageClassifier | CSPNet | str, shape: int | Sequence[int] = 
         raise InvalidOptionError(
             f"analyze() takes an ImageClassifier, a CSPNet or a model name, not {type(model).__name__}"
         )
-    h, w = _resolution(shape)
+    h, w = resolution(shape)
     x = torch.empty(1, backbone.stem.conv1.conv.in_channels, h, w, device="meta")
     was_training = model.training
     model.eval()  # inference cost: BatchNorm with running statistics, no DropPath

@@ -33,7 +33,8 @@ import torch
 from torch import nn
 
 from ._io import atomic_write
-from .data.transforms import EvalTransform
+from .analysis import resolution
+from .data.transforms import EvalPreset, EvalTransform
 from .errors import ExportError, InvalidOptionError
 from .models.classifier import ImageClassifier
 
@@ -91,13 +92,12 @@ def _transform_of(model: ImageClassifier) -> EvalTransform:
 
 
 def build_metadata(
-    model: ImageClassifier, fmt: str, image_size: tuple[int, int], dynamic_batch: bool, batch_size: int,
-    with_preprocessing: bool, opset: int | None = None,
+    model: ImageClassifier, preset: EvalPreset, fmt: str, image_size: tuple[int, int], dynamic_batch: bool,
+    batch_size: int, with_preprocessing: bool, opset: int | None = None,
 ) -> dict[str, str]:
-    """The three metadata entries (``model``, ``classes``, ``preprocessing``) as JSON strings."""
+    """The three metadata entries (``model``, ``classes``, ``preprocessing``: ``preset``) as JSON strings."""
     from . import __version__
 
-    preset = _transform_of(model).preset
     batch = "batch" if dynamic_batch else batch_size
     if with_preprocessing:
         values = "uint8 RGB 0-255 after resize and centre crop; normalised inside the graph"
@@ -240,18 +240,14 @@ def export_model(
         raise InvalidOptionError(f"opset={opset}: the ONNX exporter writes opsets {OPSETS.start} to {OPSETS.stop - 1}")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise InvalidOptionError(f"batch_size={batch_size!r} must be a positive integer")
-    size = image_size if image_size is not None else _transform_of(model).preset.crop
-    hw = (size, size) if isinstance(size, int) else tuple(size)
-    if len(hw) != 2 or not all(isinstance(s, int) and s >= 32 for s in hw):
-        raise InvalidOptionError(
-            f"image_size={image_size!r}: give H or (H, W), each at least 32 (the network's stride)"
-        )
+    transform = _transform_of(model)
+    hw = resolution(image_size if image_size is not None else transform.preset.crop, "image_size", minimum=32)
 
     # Export from the CPU (a copy when the model lives elsewhere): the file is then device-neutral, and the check
     # compares fp32 with fp32 (a CUDA reference runs TF32 convolutions, ~1e-2 away from any fp32 runtime).
     source = model if next(model.parameters()).device.type == "cpu" else copy.deepcopy(model).cpu()
-    net: nn.Module = WithPreprocessing(source, _transform_of(model)) if with_preprocessing else source
-    metadata = build_metadata(model, format, hw, dynamic_batch, batch_size, with_preprocessing,
+    net: nn.Module = WithPreprocessing(source, transform) if with_preprocessing else source
+    metadata = build_metadata(model, transform.preset, format, hw, dynamic_batch, batch_size, with_preprocessing,
                               opset if format == "onnx" else None)
     batches = DYNAMIC_CHECK_BATCHES if dynamic_batch else (batch_size,)
     was_training = model.training

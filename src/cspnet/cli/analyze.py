@@ -16,11 +16,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..analysis import analyze
-    from ..errors import InvalidOptionError
     from ..zoo import get_weights_info
 
-    if len(args.shape) > 2:
-        raise InvalidOptionError(f"--shape takes H or H W, got {len(args.shape)} numbers")
     res = analyze(args.model, args.shape)
     if args.json:
         print(res.to_json())

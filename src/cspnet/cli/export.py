@@ -28,14 +28,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..analysis import resolution
     from ..errors import InvalidOptionError
     from ..export import DEFAULT_OPSET, FORMATS, export_model
     from ..zoo import get_model
 
     if args.opset is not None and args.format != "onnx":
         raise InvalidOptionError(f"--opset applies to --format onnx only, not {args.format}")
-    if args.image_size is not None and len(args.image_size) > 2:
-        raise InvalidOptionError(f"--image-size takes H or H W, got {len(args.image_size)} numbers")
+    if args.image_size is not None:  # before the weights download
+        resolution(args.image_size, "--image-size", minimum=32)
     model = get_model(args.model, pretrained=args.weights or True, device="cpu")
     output = args.output or f"{model.weights.name}{FORMATS[args.format]}"
     res = export_model(
