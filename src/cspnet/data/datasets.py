@@ -34,19 +34,17 @@ runs batched on the device.
 from __future__ import annotations
 
 import csv
-import functools
 import logging
 import os
 import re
-from dataclasses import dataclass, field
-from importlib import resources
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from torch.utils.data import Dataset
 
 from ..errors import DatasetError
-from .classes import imagenet_classes, imagenet_synsets
+from .classes import _read, imagenet_classes, imagenet_synsets
 from .transforms import load_image
 
 log = logging.getLogger("cspnet")
@@ -62,11 +60,9 @@ VAL_LABEL_FILES = (
 )
 
 
-@functools.lru_cache(maxsize=None)
 def ilsvrc2012_id_synsets() -> tuple[str, ...]:
     """WNID of each ILSVRC2012_ID (``[0]`` is id 1): the devkit's ``meta.mat`` order, e.g. 1 = n02119789."""
-    text = resources.files(__package__).joinpath("ilsvrc2012_id_synsets.txt").read_text(encoding="utf-8")
-    return tuple(text.split())
+    return _read("ilsvrc2012_id_synsets.txt")
 
 
 @dataclass
@@ -83,7 +79,6 @@ class ImageDataset(Dataset):
     layout: str
     source: str
     transform: Callable[[str], Any] | None = None
-    notes: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -137,12 +132,14 @@ def _check_label(label: int, num_classes: int | None, path: Path, lineno: int) -
     return label
 
 
-def read_annotation_file(path: Path, image_dir: Path, num_classes: int | None) -> tuple[list[tuple[str, int]], str]:
+def read_annotation_file(path: Path, image_dir: Path, num_classes: int | None,
+                         flat_images: list[str] | None = None) -> tuple[list[tuple[str, int]], str]:
     """Read any supported label file. Returns ``(samples, format name)``.
 
     ``path label`` / ``path synset`` lines give the samples directly (paths relative to ``image_dir``); the
     per-image formats of the official validation set (ground-truth ids, Kaggle CSV, one synset per line) label the
-    images found in ``image_dir`` by their number.
+    images found in ``image_dir`` by their number (``flat_images``: that folder's image names, sorted, when the
+    caller has listed them already).
 
     Raises:
         DatasetError: naming the file and line of a malformed line, an unknown synset, or a label outside
@@ -170,7 +167,7 @@ def read_annotation_file(path: Path, image_dir: Path, num_classes: int | None) -
             if not m or not row[1].split():
                 raise DatasetError(f"{str(path)!r} line {lineno}: expected 'ILSVRC2012_val_NNNNNNNN,nXXXXXXXX ...'")
             by_number[int(m.group(1))] = synset_label(row[1].split()[0], lineno)
-        return _label_flat_folder(image_dir, by_number, path), "Kaggle LOC_val_solution.csv"
+        return _label_flat_folder(image_dir, by_number, path, flat_images), "Kaggle LOC_val_solution.csv"
     if re.fullmatch(r"\d+", first):  # devkit ILSVRC2012_validation_ground_truth.txt
         id_synsets = ilsvrc2012_id_synsets()
         by_number = {}
@@ -180,10 +177,10 @@ def read_annotation_file(path: Path, image_dir: Path, num_classes: int | None) -
                     f"{str(path)!r} line {lineno}: expected an ILSVRC2012_ID between 1 and 1000, got {text!r}"
                 )
             by_number[number] = synset_index[id_synsets[int(text) - 1]]
-        return _label_flat_folder(image_dir, by_number, path), "devkit ground truth (ILSVRC2012_IDs)"
+        return _label_flat_folder(image_dir, by_number, path, flat_images), "devkit ground truth (ILSVRC2012_IDs)"
     if _SYNSET.fullmatch(first):  # one synset per line, image i on line i
         by_number = {number: synset_label(text, lineno) for number, (lineno, text) in enumerate(content, 1)}
-        return _label_flat_folder(image_dir, by_number, path), "one synset per image"
+        return _label_flat_folder(image_dir, by_number, path, flat_images), "one synset per image"
 
     samples = []
     for lineno, text in content:
@@ -200,11 +197,12 @@ def read_annotation_file(path: Path, image_dir: Path, num_classes: int | None) -
     return samples, "annotation file (path label)"
 
 
-def _label_flat_folder(image_dir: Path, by_number: dict[int, int], label_file: Path) -> list[tuple[str, int]]:
+def _label_flat_folder(image_dir: Path, by_number: dict[int, int], label_file: Path,
+                       names: list[str] | None = None) -> list[tuple[str, int]]:
     if not image_dir.is_dir():
         raise DatasetError(f"image folder {str(image_dir)!r} (labelled by {str(label_file)!r}) does not exist")
     samples = []
-    for name in _flat_images(image_dir):
+    for name in names if names is not None else _flat_images(image_dir):
         m = _VAL_NUMBER.search(name)
         if not m or int(m.group(1)) not in by_number:
             raise DatasetError(
@@ -296,7 +294,7 @@ def imagenet_dataset(
             candidates = [d / f for f in VAL_LABEL_FILES for d in (root, image_dir, root / "ILSVRC2012_devkit_t12" / "data")]
             for c in candidates:
                 if c.is_file():
-                    samples, fmt = read_annotation_file(c, image_dir, len(classes))
+                    samples, fmt = read_annotation_file(c, image_dir, len(classes), flat)
                     return ImageDataset(samples, names, str(root), f"flat folder + {fmt}", str(image_dir), transform)
             raise DatasetError(
                 f"{str(image_dir)!r} holds {len(flat)} images directly (the official flat validation folder?) but no "
