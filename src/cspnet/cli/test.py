@@ -65,26 +65,6 @@ def run(args: argparse.Namespace) -> int:
         destroy_distributed()
 
 
-def _load_model(cfg, checkpoint: str, info):
-    """Rank 0 loads first (it may download), then the others read the cached file."""
-    from ..config import build_model
-    from ..engine.distributed import broadcast_object
-    from ..errors import CheckpointError
-
-    if info.rank == 0:
-        try:
-            model = build_model(cfg, pretrained=checkpoint, device=info.device)
-        except Exception as e:  # any failure: tell the other ranks, which would otherwise wait for rank 0
-            broadcast_object(str(e) or type(e).__name__)
-            raise
-        broadcast_object(None)
-        return model
-    failure = broadcast_object(None)
-    if failure is not None:
-        raise CheckpointError(f"rank 0 could not load the checkpoint: {failure}")
-    return build_model(cfg, pretrained=checkpoint, device=info.device)
-
-
 def _input_path(args: argparse.Namespace, transform, device):
     """``(description, dataset transform run by the loader workers, decode run on the device or None)``."""
     from ..errors import InvalidOptionError
@@ -110,7 +90,7 @@ def _test(args: argparse.Namespace, info) -> int:
     from .. import config as C
     from ..data.datasets import build_dataset
     from ..data.transforms import EvalTransform
-    from ..engine.distributed import setup_logging
+    from ..engine.distributed import rank0_first, setup_logging
     from ..engine.evaluate import build_eval_loader, evaluate
     from ..errors import ConfigError, InvalidOptionError
 
@@ -135,7 +115,8 @@ def _test(args: argparse.Namespace, info) -> int:
             f"the model predicts {num_classes} classes (model.head.num_classes) but the test set has "
             f"{dataset.num_classes} ({dataset.source}); set model.head.num_classes or the dataset's classes"
         )
-    model = _load_model(cfg, args.checkpoint, info)
+    # rank 0 first: only one process downloads the checkpoint
+    model = rank0_first(lambda: C.build_model(cfg, pretrained=args.checkpoint, device=info.device), "the checkpoint")
     batch_size = args.batch_size or C.loader_kwargs(cfg, "test")["batch_size"]
     loader = build_eval_loader(dataset, batch_size, args.num_workers, info.rank, info.world_size,
                                pin_memory=info.device.type == "cuda")

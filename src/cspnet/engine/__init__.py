@@ -7,13 +7,11 @@ setup from torchrun's environment, rank helpers, rank-0 logging and object gathe
 from .distributed import (
     DistInfo,
     all_gather_object,
-    barrier,
     broadcast_object,
     destroy_distributed,
     get_rank,
     get_world_size,
     init_distributed,
-    is_main_process,
     setup_logging,
 )
 from .evaluate import EvalResult, ShardSampler, build_eval_loader, evaluate, forward_batch
@@ -23,7 +21,6 @@ __all__ = [
     "EvalResult",
     "ShardSampler",
     "all_gather_object",
-    "barrier",
     "broadcast_object",
     "build_eval_loader",
     "destroy_distributed",
@@ -32,6 +29,5 @@ __all__ = [
     "get_rank",
     "get_world_size",
     "init_distributed",
-    "is_main_process",
     "setup_logging",
 ]

@@ -12,12 +12,14 @@ import logging
 import os
 import sys
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import torch
 import torch.distributed as dist
 
-from ..errors import InvalidOptionError
+from ..errors import CheckpointError, InvalidOptionError
+
+T = TypeVar("T")
 
 log = logging.getLogger("cspnet")
 
@@ -96,15 +98,6 @@ def get_world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
-def is_main_process() -> bool:
-    return get_rank() == 0
-
-
-def barrier() -> None:
-    if is_distributed():
-        dist.barrier()
-
-
 def all_gather_object(obj: Any) -> list[Any]:
     """Every rank's ``obj`` (any picklable object), in rank order; ``[obj]`` in a single process."""
     if not is_distributed():
@@ -121,6 +114,25 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     box = [obj if get_rank() == src else None]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def rank0_first(build: Callable[[], T], what: str) -> T:
+    """``build()`` on rank 0, then on the other ranks: only one process downloads a checkpoint, the others read the
+    cache it filled. A failure on rank 0 is told to the others, which raise
+    :class:`~cspnet.errors.CheckpointError` ("rank 0 could not load ``what``: ...") instead of waiting for it.
+    """
+    if get_rank() == 0:
+        try:
+            result = build()
+        except Exception as e:  # any failure: the other ranks would otherwise wait for rank 0 until the timeout
+            broadcast_object(str(e) or type(e).__name__)
+            raise
+        broadcast_object(None)
+        return result
+    failure = broadcast_object(None)
+    if failure is not None:
+        raise CheckpointError(f"rank 0 could not load {what}: {failure}")
+    return build()
 
 
 class RankFilter(logging.Filter):

@@ -32,8 +32,10 @@ from torch import nn
 
 from .. import config as config_lib
 from ..data.train_transforms import TrainSampler, TrainSet, TrainTransform
-from ..errors import CheckpointError, ConfigError, CSPNetError, TrainingError
+from ..errors import CheckpointError, ConfigError, TrainingError
 from . import checkpoint as ckpt_lib
+from .distributed import (all_gather_object, broadcast_object, destroy_distributed, init_distributed, is_distributed,
+                          rank0_first, setup_logging)
 from .optim import LRSchedule, ModelEma, build_optimizer
 
 log = logging.getLogger("cspnet")
@@ -330,13 +332,16 @@ def _optimizer_step(run: TrainRun) -> None:
 
 def _sync_buffers(module: nn.Module) -> None:
     """Rank 0's BN statistics everywhere, so every rank evaluates (and would save) the same model."""
-    if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+    if is_distributed():
         for b in module.buffers():
             torch.distributed.broadcast(b, 0)
 
 
 def validate(run: TrainRun, epoch: int) -> dict:
-    """Exact top-1/top-5 of the model (and of its EMA) on the val set; logged and returned as a dict."""
+    """Exact top-1/top-5 of the model (and of its EMA) on the val set; logged and returned as a dict.
+
+    The model's buffers must be the same on every rank (the loop broadcasts them first); the EMA's are made so here.
+    """
     from .evaluate import evaluate
 
     s, record = run.settings, {"mode": "val", "epoch": epoch + 1, "step": run.step}
@@ -345,8 +350,9 @@ def validate(run: TrainRun, epoch: int) -> dict:
         todo.append(("", run.model))
     if run.ema is not None and s.ema["evaluate_on_ema"]:
         todo.append(("ema_", run.ema.module))
+    if run.ema is not None:
+        _sync_buffers(run.ema.module)
     for prefix, module in todo:
-        _sync_buffers(module)
         res = evaluate(module, run.val_loader, run.eval_transform, device=run.dist.device,
                        amp=run.amp_dtype is not None, progress=False)
         record[prefix + "top1"] = round(res.metrics["accuracy/top1"], 4)
@@ -376,8 +382,6 @@ def _state(run: TrainRun, epoch: int, it: int, rngs: list) -> dict:
 def _save(run: TrainRun, epoch: int, it: int, name: str) -> Path:
     """Write ``name`` (rank 0) with every rank's RNG state. ``epoch``: epochs done; ``it``: iterations done in the
     next one. Returns the path (on every rank)."""
-    from .distributed import all_gather_object
-
     rngs = all_gather_object(ckpt_lib.rng_state())  # a collective: every rank calls _save at the same point
     path = run.work_dir / name
     if run.dist.is_main:
@@ -459,28 +463,12 @@ def _seed_everything(seed: int, rank: int, s: TrainSettings) -> None:
 
 def _build_model(cfg: Any, s: TrainSettings, dist_info: Any, load_from: Any) -> nn.Module:
     """The classifier of ``cfg.model``, with ``load_from`` weights (path, URL or True) for fine-tuning."""
-    from .distributed import broadcast_object
-
     pretrained = False if load_from in (None, False, "") else load_from
-    model, failure = None, None
-    # rank 0 first, so that only one process downloads the weights; the others then read the cache (or learn
-    # that rank 0 failed, instead of waiting for it)
-    if dist_info.is_main or pretrained is False:
-        try:
-            model = config_lib.build_model(cfg, pretrained=pretrained)
-        except CSPNetError as e:
-            failure = e
-    if pretrained is not False:
-        message = broadcast_object(str(failure) if failure else None)
-        if failure is not None:
-            raise failure
-        if message is not None:
-            raise CheckpointError(f"rank 0 could not load load_from={load_from!r}: {message}")
-        if model is None:
-            model = config_lib.build_model(cfg, pretrained=pretrained)
+    if pretrained is False:
+        model = config_lib.build_model(cfg, pretrained=False)
+    else:
+        model = rank0_first(lambda: config_lib.build_model(cfg, pretrained=pretrained), f"load_from={load_from!r}")
         log.info("initialised from %s (every weight but a head of another class count)", load_from)
-    elif failure is not None:
-        raise failure
     model.to(dist_info.device)
     if s.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -538,7 +526,6 @@ def setup_run(cfg: Any, work_dir: Path, dist_info: Any, resume_from: Path | None
               stop: StopRequest) -> tuple[TrainRun, int, int]:
     """Build model, data, optimizer, schedule, EMA and DDP for ``cfg``; load ``resume_from``. Returns the run and
     where to start ``(epoch, iteration)``."""
-    from .distributed import broadcast_object
 
     s = read_settings(cfg)
     ckpt = ckpt_lib.load_checkpoint(resume_from) if resume_from else None
@@ -599,7 +586,6 @@ def fit(cfg: Any, work_dir: str | os.PathLike, resume_from: str | os.PathLike | 
         TrainingError: the loss became NaN/inf (nothing is written at that step).
         ConfigError, DatasetError, CheckpointError: bad input, before training starts.
     """
-    from .distributed import destroy_distributed, init_distributed, setup_logging
 
     work_dir = Path(work_dir)
     timeout = ((cfg.get("env_cfg") or {}).get("dist_cfg") or {}).get("timeout", 1800)
@@ -645,6 +631,7 @@ def _fit_loop(run: TrainRun, epoch: int, it: int) -> dict:
         stop = train_one_epoch(run, epoch, it)
         it = 0
         done = epoch + 1
+        _sync_buffers(run.model)  # before validating and saving: both need the same model on every rank
         if run.val_loader is not None and done >= s.val_begin and (done % s.val_interval == 0 or done == s.max_epochs):
             last = validate(run, epoch)
             metric = "ema_top1" if "ema_top1" in last else "top1"  # the EMA's when evaluated, as timm
@@ -653,7 +640,6 @@ def _fit_loop(run: TrainRun, epoch: int, it: int) -> dict:
                 run.best = {"top1": last[metric], "epoch": done, "metric": metric}
         else:
             improved = False
-        _sync_buffers(run.model)
         if done % s.ckpt_interval == 0 or done == s.max_epochs or improved or stop:
             path = _save(run, done, 0, f"epoch_{done}.pth")
             if improved and run.dist.is_main:
