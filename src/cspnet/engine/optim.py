@@ -215,19 +215,20 @@ class ModelEma:
         self.momentum, self.interval, self.update_buffers = momentum, interval, update_buffers
         self.begin_iter, self.begin_epoch = begin_iter, begin_epoch
         self.steps = 0  # updates since the start, as mmengine's counter (the first one copies)
-        self.averaged = [k for k, v in self.module.state_dict().items() if v.is_floating_point()
-                         and (update_buffers or k in dict(self.module.named_parameters()))]
+        params = {name for name, _ in self.module.named_parameters()}
+        state = self.module.state_dict()
+        self.averaged = [k for k, v in state.items() if v.is_floating_point() and (update_buffers or k in params)]
+        averaged = set(self.averaged)
+        self.copied = [k for k in state if k not in averaged]  # the rest: taken from the model as it is
 
     @torch.no_grad()
     def update(self, model: nn.Module, step: int, epoch: int) -> None:
         """Call after optimizer step ``step`` (1-based) of epoch ``epoch`` (0-based)."""
         ema_sd, sd = self.module.state_dict(), model.state_dict()
         started = step >= self.begin_iter and epoch + 1 >= self.begin_epoch
-        if started and self.steps > 0 and self.steps % self.interval == 0:
+        copy_all = not started or self.steps == 0
+        if not copy_all and self.steps % self.interval == 0:
             torch._foreach_lerp_([ema_sd[k] for k in self.averaged], [sd[k] for k in self.averaged], self.momentum)
-            rest = set(ema_sd) - set(self.averaged)
-        else:
-            rest = set(ema_sd) if not started or self.steps == 0 else set(ema_sd) - set(self.averaged)
-        for k in rest:
+        for k in ema_sd if copy_all else self.copied:
             ema_sd[k].copy_(sd[k])
         self.steps += started
