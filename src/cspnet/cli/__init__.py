@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from ..errors import CSPNetError
@@ -21,6 +22,19 @@ COMMANDS = {
     "test": "test",
     "train": "train",
 }
+
+
+def add_launcher_arguments(p: argparse.ArgumentParser) -> None:
+    """``--launcher none|pytorch`` (mmpretrain's), and the ``--local-rank`` that ``torch.distributed.launch`` passes."""
+    p.add_argument("--launcher", choices=["none", "pytorch"], default="none",
+                   help="'pytorch' under torchrun: one process per GPU (gloo processes on CPU)")
+    p.add_argument("--local-rank", "--local_rank", type=int, default=None, help=argparse.SUPPRESS)
+
+
+def use_local_rank(args: argparse.Namespace) -> None:
+    """torch.distributed.launch passes ``--local-rank`` instead of setting ``LOCAL_RANK``: set it from there."""
+    if args.local_rank is not None:
+        os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
 
 
 def build_parser() -> argparse.ArgumentParser:

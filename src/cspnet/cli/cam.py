@@ -25,12 +25,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    import torch
-
+    from ..engine.distributed import default_device
     from ..visualize import default_target_layer, grad_cam, overlay_cam, save_image
     from ..zoo import get_model
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device(args.device)
     model = get_model(args.model, pretrained=args.weights or True, device=device)
     crop = model.transform.to_uint8(args.image)  # (3, crop, crop): the CAM explains exactly what the model sees
     x = model.transform.normalize(crop[None].to(device))

@@ -26,9 +26,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from ..data.classes import imagenet_synsets
+    from ..engine.distributed import default_device
     from ..errors import InvalidOptionError
     from ..inference import inference_model
     from ..zoo import get_model
@@ -39,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
         from ..visualize import vis_paths
 
         vis_paths(args.images, args.save_vis)  # a bad --save-vis fails before the model loads
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device(args.device)
     model = get_model(args.model, pretrained=args.weights or True, device=device)
     results = inference_model(model, list(args.images), batch_size=args.batch_size, topk=args.topk,
                               num_workers=args.num_workers)

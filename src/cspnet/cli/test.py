@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
+
+from . import add_launcher_arguments, use_local_rank
 
 HELP = "evaluate a checkpoint on a config's test set (top-1/top-5), like mmpretrain's tools/test.py"
 
@@ -27,9 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "test_dataloader.dataset.pipeline.1.scale=256 (lists: key=[a,b] or key=a,b)")
     p.add_argument("--tta", action="store_true", help="average the softmax of each image and its horizontal flip")
     p.add_argument("--amp", action="store_true", help="bfloat16 autocast")
-    p.add_argument("--launcher", choices=["none", "pytorch"], default="none",
-                   help="'pytorch' under torchrun: one process per GPU (or CPU process with gloo)")
-    p.add_argument("--local-rank", "--local_rank", type=int, default=None, help=argparse.SUPPRESS)
+    add_launcher_arguments(p)
     p.add_argument("--skip-bad", action="store_true",
                    help="continue past unreadable or corrupt images; they are listed and left out of the metrics")
     p.add_argument("--batch-size", type=int, default=None, help="images per process per step (default: the config's)")
@@ -56,8 +55,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..engine.distributed import destroy_distributed, init_distributed
 
-    if args.local_rank is not None:  # torch.distributed.launch passes --local-rank instead of the variable
-        os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
+    use_local_rank(args)
     info = init_distributed(args.launcher, args.device)
     try:
         return _test(args, info)

@@ -9,8 +9,9 @@ to ``--work-dir`` (default ``work_dirs/<config name>``). Exit status: 0 done, 2 
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
+
+from . import add_launcher_arguments, use_local_rank
 
 HELP = "train or fine-tune a model from a config (one process, or DDP under torchrun), like mmpretrain's tools/train.py"
 
@@ -28,9 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE",
                    help="override config keys, e.g. train_dataloader.batch_size=64 optim_wrapper.optimizer.lr=0.01 "
                         "(lists: key=[a,b] or key=a,b)")
-    p.add_argument("--launcher", choices=["none", "pytorch"], default="none",
-                   help="'pytorch' under torchrun: one process per GPU (gloo processes on CPU)")
-    p.add_argument("--local-rank", "--local_rank", type=int, default=None, help=argparse.SUPPRESS)
+    add_launcher_arguments(p)
     p.add_argument("--no-validate", action="store_true", help="do not evaluate during training")
     p.add_argument("--auto-scale-lr", action="store_true",
                    help="scale the lr linearly by (total batch) / auto_scale_lr.base_batch_size, as mmpretrain")
@@ -82,8 +81,7 @@ def resume_path(args: argparse.Namespace, cfg) -> Path | None:
 def run(args: argparse.Namespace) -> int:
     from ..engine.train import Interrupted, fit
 
-    if args.local_rank is not None:  # torch.distributed.launch passes --local-rank instead of the variable
-        os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
+    use_local_rank(args)
     cfg = config_from_args(args)
     try:
         result = fit(cfg, cfg["work_dir"], resume_from=resume_path(args, cfg), validate_=not args.no_validate,
