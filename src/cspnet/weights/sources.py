@@ -27,7 +27,7 @@ import sys
 import urllib.error
 import urllib.parse
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -228,7 +228,7 @@ def resolve(
 
     cache = default_cache_dir(cache_dir)
     published = [s for s in sources if isinstance(s, UrlFile)]
-    url_sources = [UrlFile(re.sub(*url_mapping, s.url), s.layout) for s in published] if url_mapping else published
+    url_sources = [replace(s, url=re.sub(*url_mapping, s.url)) for s in published] if url_mapping else published
     for s in url_sources:
         for folder in (cache, _torch_hub_checkpoints()):
             p = folder / s.filename
