@@ -1,6 +1,5 @@
 """Backbone features (``features_only``): documented strides/channels, out_indices, freezing, norm_eval, drop path."""
 
-import itertools
 import math
 import re
 from collections import OrderedDict

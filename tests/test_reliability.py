@@ -90,8 +90,9 @@ def test_truncated_checkpoint(good_ckpt, tmp_path, suffix):
     src = good_ckpt if suffix == ".safetensors" else save_state_dict(recipe_state_dict("cspresnet50"), tmp_path / "g.pth", "timm")
     bad = tmp_path / f"cut{suffix}"
     bad.write_bytes(src.read_bytes()[:100_000])
-    with pytest.raises(CheckpointError, match=r"truncated or corrupt.*Delete it"):
+    with pytest.raises(CheckpointError, match=r"truncated or corrupt.*Delete it") as e:
         cspnet.get_model("cspresnet50", pretrained=bad)
+    assert str(bad) in str(e.value)
 
 
 @reliability("checkpoint-other-architecture")

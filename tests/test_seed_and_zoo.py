@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 import cspnet
 from cspnet.cli.listing import markdown_table

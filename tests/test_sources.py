@@ -1,9 +1,7 @@
 """pretrained=True through every real source: a Hub cache, the seed URL on a local server, mirrors, folders."""
 
 import hashlib
-import os
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
@@ -86,21 +84,6 @@ def test_mirror_with_wrong_hash_leaves_nothing(ckpts, isolated_caches, tmp_path,
     assert _cache_files(isolated_caches) == []
 
 
-@pytest.mark.parametrize("mode, fragment", [("status/500", "HTTP 500"), ("truncate", "cut off"), ("stall", "no data for 1 s")])
-def test_download_failures_leave_no_file(ckpts, tmp_path, mode, fragment, monkeypatch):
-    monkeypatch.setenv("CSPNET_DOWNLOAD_TIMEOUT", "1")
-    with FileServer(ckpts["dir"]) as server:
-        with pytest.raises(DownloadError, match=fragment):
-            download(server.url("mm.pth", mode), tmp_path / "cache" / "mm.pth")
-    assert not list((tmp_path / "cache").iterdir())
-
-
-def test_unreachable_host(tmp_path):
-    with pytest.raises(DownloadError, match="cannot reach"):
-        download(f"http://127.0.0.1:{unused_port()}/x.pth", tmp_path / "x.pth")
-    assert not list(tmp_path.iterdir())
-
-
 def test_hash_checked_on_download(ckpts, tmp_path):
     with FileServer(ckpts["dir"]) as server:
         ok = download(server.url(ckpts["hashed"].name), tmp_path / "a.pth", ckpts["hashed"].name[-12:-4])
@@ -136,15 +119,12 @@ def test_local_file_and_url_pretrained(ckpts):
         assert _same_weights(cspnet.get_model("cspresnet50", pretrained=server.url("model.safetensors")), ckpts["sd"])
 
 
-def test_cli_download_to_folder(ckpts, tmp_path, isolated_caches):
+def test_cli_download_to_folder(ckpts, tmp_path, monkeypatch):
     from cspnet.cli import main as cli
 
     d = tmp_path / "w"
     d.mkdir()
     shutil.copy(ckpts["timm"], d / "cspresnet50.ra_in1k.safetensors")
-    os.environ["CSPNET_WEIGHTS_DIR"] = str(d)
-    try:
-        assert cli(["download", "cspresnet50", "--dest", str(tmp_path / "out")]) == 0
-    finally:
-        del os.environ["CSPNET_WEIGHTS_DIR"]
+    monkeypatch.setenv("CSPNET_WEIGHTS_DIR", str(d))
+    assert cli(["download", "cspresnet50", "--dest", str(tmp_path / "out")]) == 0
     assert (tmp_path / "out" / "cspresnet50.ra_in1k.safetensors").read_bytes() == ckpts["timm"].read_bytes()

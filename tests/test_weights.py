@@ -74,11 +74,6 @@ def test_converter_rejects_mismatch_with_a_report():
     assert "wrong shape 1: backbone.stages.2.conv_exp.conv.weight (3, 3, 1, 1)" in msg
 
 
-def test_another_architecture_is_named(golden_files):
-    with pytest.raises(CheckpointError, match="holds cspresnet50 weights, not cspdarknet53"):
-        cspnet.get_model("cspdarknet53", pretrained=golden_files["cspresnet50"]["timm"])
-
-
 def test_finetune_loads_everything_but_the_head(golden_files):
     model = cspnet.get_model("cspresnet50", pretrained=golden_files["cspresnet50"]["mmpretrain"], num_classes=10)
     ref = recipe_state_dict("cspresnet50")
@@ -103,29 +98,6 @@ def test_training_checkpoint_wrappers_and_prefixes(tmp_path):
     ema, _ = read_state_dict(tmp_path / "train.pth", prefer_ema=True)
     k = "backbone.stem.conv1.conv.weight"
     assert torch.equal(plain[k], sd[k]) and torch.equal(ema[k], sd[k] + 1)
-
-
-def test_unsafe_pickle_is_refused_and_never_runs(tmp_path):
-    marker = tmp_path / "pwned"
-    payload = tmp_path / "evil.pth"
-
-    class Evil:
-        def __reduce__(self):
-            return (os.system, (f"touch {marker}",))
-
-    torch.save({"state_dict": {"x": torch.zeros(1)}, "meta": Evil()}, payload)
-    with pytest.raises(CheckpointError, match="refused to load"):
-        cspnet.get_model("cspresnet50", pretrained=payload)
-    assert not marker.exists()
-
-
-def test_truncated_checkpoint_names_the_file(golden_files, tmp_path):
-    for src in golden_files["cspresnet50"].values():
-        bad = tmp_path / src.name
-        bad.write_bytes(src.read_bytes()[: src.stat().st_size // 2])
-        with pytest.raises(CheckpointError, match="truncated or corrupt") as e:
-            cspnet.get_model("cspresnet50", pretrained=bad)
-        assert str(bad) in str(e.value)
 
 
 def test_cli_convert_round_trip(golden_files, tmp_path):
