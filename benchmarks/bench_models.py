@@ -102,10 +102,6 @@ def build_candidates(tm, cm, device: torch.device, dtype: str, args) -> list[Can
     return cands
 
 
-def rel_diff(a: torch.Tensor, ref: torch.Tensor) -> float:
-    return float((a.float() - ref.float()).abs().max() / ref.float().abs().max())
-
-
 def probe_memory(args) -> None:
     """In a fresh process: peak RSS of building one candidate and running one batch, above the RSS after the
     source models and the input exist (``--probe`` mode; the parent reads the printed MB)."""
@@ -162,7 +158,7 @@ def bench_arch(arch: str, args, device: torch.device) -> dict:
             setup_s[c.name] = time.perf_counter() - t0
             if device.type == "cuda":
                 mem[c.name] = f"{(torch.cuda.max_memory_allocated() - base) / 2**20:.0f}"
-            numerics[c.name] = (rel_diff(out, ref), float((out.float().argmax(1) == ref.argmax(1)).float().mean()) * 100)
+            numerics[c.name] = (common.rel_diff(out, ref), float((out.float().argmax(1) == ref.argmax(1)).float().mean()) * 100)
             runners[c.name] = run
             print(f"  {arch} {c.name}: ready in {setup_s[c.name]:.1f} s, rel diff {numerics[c.name][0]:.2e}", flush=True)
         times = common.time_interleaved({n: (lambda r=r: r(x)) for n, r in runners.items()}, args.rounds, args.iters, device)
@@ -183,7 +179,6 @@ def bench_arch(arch: str, args, device: torch.device) -> dict:
         for c in cands:
             if not c.compiled:
                 mem[c.name] = cpu_peak_mb(arch, c.name, args)
-    del runners
     return dict(arch=arch, times=times, latency=lat, numerics=numerics, setup_s=setup_s, memory=mem,
                 names=[c.name for c in cands])
 
@@ -196,12 +191,13 @@ def report(res: dict, args) -> tuple[str, dict]:
         t = times[n]
         thr = args.batch_size / statistics.median(t)
         best = args.batch_size / min(t)
-        lat_ms = f"{1000 * statistics.median(lat[n]):.1f}" if n in lat else "-"
+        lat_ms = 1000 * statistics.median(lat[n]) if n in lat else None
         d, agree = res["numerics"][n]
-        rows.append([n, f"{thr:,.1f}", f"{best:,.1f}", f"{common.median_ratio(base, t):.2f}x", lat_ms,
+        rows.append([n, f"{thr:,.1f}", f"{best:,.1f}", f"{common.median_ratio(base, t):.2f}x",
+                     f"{lat_ms:.1f}" if lat_ms is not None else "-",
                      res["memory"].get(n, "-"), f"{d:.1e}", f"{agree:.1f}%", f"{res['setup_s'][n]:.1f}"])
         summary[n] = dict(img_s=thr, best_img_s=best, vs_timm_eager=common.median_ratio(base, t),
-                          latency_ms=float(lat_ms) if lat_ms != "-" else None, rel_diff=d, top1_agree=agree)
+                          latency_ms=lat_ms, rel_diff=d, top1_agree=agree)
     mem_note = ("peak RSS (MB) of a fresh process while it builds the path and runs one batch, above its RSS once "
                 "the source models and the input exist (Linux VmHWM, reset first)" if args.device == "cpu" else
                 "peak GPU memory (MB) allocated while building the path and running its warm-up, above what was "

@@ -86,6 +86,11 @@ def header_lines(info: dict[str, str]) -> list[str]:
     return lines
 
 
+def rel_diff(a: torch.Tensor, ref: torch.Tensor) -> float:
+    """max |a - ref| / max |ref|: the logits' difference as the RESULTS tables report it."""
+    return float((a.float() - ref.float()).abs().max() / ref.float().abs().max())
+
+
 def paired_models(arch: str, seed: int = 0):
     """``(timm model, cspnet model)`` with identical weights, both eval, on CPU.
 

@@ -58,22 +58,24 @@ def main() -> int:
     rows, model_rows = [], []
     demo = sorted(golden.DEMO.iterdir())
     have_golden = (golden.GOLDEN / "keys").is_dir()  # the shared folder does not travel to a lent GPU machine
+    _, bench = common.paired_models("cspdarknet53")  # the benchmarks' random-weight model (timm init, BN randomised)
     if have_golden:
         recipe = cspnet.models.ImageClassifier("cspdarknet53").eval()
         recipe.load_state_dict(convert_state_dict(golden.recipe_state_dict("cspdarknet53"), "cspdarknet53", "cspnet"))
         weights = "golden-recipe weights"
     else:
-        recipe, weights = common.paired_models("cspdarknet53")[1], "random weights (bench model; no golden data here)"
+        recipe, weights = bench, "random weights (bench model; no golden data here)"
     recipe = cspnet.optimize_for_inference(recipe.to(device))
     for resize, crop in ((288, 256), (256, 224)):
         preset = EvalPreset(resize, crop)
         t, reader, dec = EvalTransform(preset), JpegReader(preset), GpuJpegDecoder(preset, device)
-        gpu = dec([reader(str(f)) for f in demo]).cpu()
+        encoded = [reader(str(f)) for f in demo]
+        gpu = dec(encoded).cpu()
         cpu = torch.stack([t.to_uint8(f) for f in demo])
-        for f, g, c in zip(demo, gpu, cpu):
+        for f, e, g, c in zip(demo, encoded, gpu, cpu):
             # Without the golden arrays the Pillow path stands in for them (tests/test_transforms.py: they are equal)
             gold = torch.from_numpy(golden.golden_uint8(f.stem, f"{resize}-{crop}")) if have_golden else c
-            how = ("Pillow: not a JPEG" if reader(str(f)).data is None else
+            how = ("Pillow: not a JPEG" if e.data is None else
                    "nvJPEG + GPU resize" if device.type == "cuda" else "torchvision CPU decode + resize")
             m, mean, share = pixel_stats(g, gold)
             rows.append([f"{f.name} ({how})", f"{resize}->{crop}", str(pixel_stats(c, gold)[0]) if have_golden else "n/a",
@@ -82,7 +84,7 @@ def main() -> int:
             with torch.inference_mode():
                 a, b = recipe(t.normalize(cpu.to(device))), recipe(t.normalize(gpu.to(device)))
             agree = int((a.argmax(1) == b.argmax(1)).sum())
-            rel = float((a - b).abs().max() / a.abs().max())
+            rel = common.rel_diff(b, a)
             model_rows.append([f"demo images, cspdarknet53 {weights}", f"{agree}/{len(demo)}", f"{rel:.1e}"])
 
     # --resize device on images of many sizes (enlarged, shrunk a lot, tall ones Pillow 13 resizes vertical pass
@@ -105,8 +107,7 @@ def main() -> int:
     preset = EvalPreset(288, 256)
     t, reader, dec = EvalTransform(preset), JpegReader(preset), GpuJpegDecoder(preset, device)
     exact, on_device, device_worst = DecodeForResize(preset), DeviceResize(device), 0
-    _, cm = common.paired_models("cspdarknet53")
-    net = cspnet.optimize_for_inference(cm.to(device))
+    net = cspnet.optimize_for_inference(bench.to(device))
     worst, total_abs, total_diff, npix, agree, relmax = 0, 0.0, 0.0, 0, 0, 0.0
     for s in range(0, len(files), args.batch_size):
         chunk = files[s : s + args.batch_size]
@@ -120,7 +121,7 @@ def main() -> int:
         with torch.inference_mode():
             a, b = net(t.normalize(c)), net(t.normalize(g))
         agree += int((a.argmax(1) == b.argmax(1)).sum())
-        relmax = max(relmax, float((a - b).abs().max() / a.abs().max()))
+        relmax = max(relmax, common.rel_diff(b, a))
     rows.append([f"{len(files)} generated JPEGs, --decode gpu path vs the Pillow path", "288->256", "-", str(worst),
                  f"{total_abs / npix:.4f}", f"{100 * total_diff / npix:.2f}%"])
     rows.append([f"{len(files)} generated JPEGs, exact resize on {device.type} (--resize device) vs the Pillow path",

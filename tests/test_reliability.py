@@ -5,7 +5,6 @@ id has exactly one line in docs/reliability.md and each line a test.
 """
 
 import multiprocessing as mp
-import os
 import shutil
 import struct
 import zlib
@@ -252,30 +251,3 @@ def test_evaluation_skips_the_bad_image_corpus(tmp_path, capsys):
     assert "skipped 4 unreadable image(s):" in out and f"over {len(images)} of {len(images) + 4} images" in out
     for name in ("zero.JPEG", "notes.JPEG", "cut.JPEG", "bomb.png"):
         assert name in out
-
-
-@reliability("train-sigkill-three-times")
-def test_sigkill_at_three_random_steps_then_resume_is_exact(tmp_path):
-    import random
-    import signal
-
-    from test_train import assert_same_state, load, make_images, popen_train, wait_for_log, write_config
-
-    data = tmp_path / "data"
-    make_images(data / "train", 4, 8, seed=0)
-    cfg = write_config(tmp_path / "cfg.py", data)  # 2 epochs x 8 steps, deterministic
-    ref = popen_train(str(cfg), "--work-dir", str(tmp_path / "ref"), "--no-validate")
-    assert ref.wait(timeout=120) == 0, ref.communicate()[0]
-
-    wd = tmp_path / "wd"
-    kill_steps = sorted(random.Random(os.getpid()).sample(range(2, 16), 3))
-    for i, step in enumerate(kill_steps):
-        proc = popen_train(str(cfg), "--work-dir", str(wd), "--no-validate", *(["--resume"] if i else []))
-        wait_for_log(proc, wd, lambda r, s=step: r["mode"] == "train" and r["step"] >= s)
-        proc.send_signal(signal.SIGKILL)
-        proc.communicate(timeout=30)
-    final = popen_train(str(cfg), "--work-dir", str(wd), "--no-validate", "--resume")
-    assert final.wait(timeout=120) == 0, final.communicate()[0]
-    got, want = load(wd / "epoch_2.pth"), load(tmp_path / "ref" / "epoch_2.pth")
-    assert got["step"] == want["step"] == 16, kill_steps
-    assert_same_state(got["model"], want["model"])

@@ -220,6 +220,25 @@ def test_sigkill_mid_epoch_then_resume_is_exact(tmp_path, data, reference):
     assert steps == list(range(1, 17))
 
 
+@pytest.mark.reliability("train-sigkill-three-times")
+def test_sigkill_at_three_random_steps_then_resume_is_exact(tmp_path, reference):
+    import random
+
+    cfg, ref = reference
+    wd = tmp_path / "wd"
+    kill_steps = sorted(random.Random(os.getpid()).sample(range(2, 16), 3))
+    for i, step in enumerate(kill_steps):
+        proc = popen_train(str(cfg), "--work-dir", str(wd), "--no-validate", *(["--resume"] if i else []))
+        wait_for_log(proc, wd, lambda r, s=step: r["mode"] == "train" and r["step"] >= s)
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=30)
+    final = popen_train(str(cfg), "--work-dir", str(wd), "--no-validate", "--resume")
+    assert final.wait(timeout=120) == 0, final.communicate()[0]
+    got, want = load(wd / "epoch_2.pth"), load(ref / "epoch_2.pth")
+    assert got["step"] == want["step"] == 16, kill_steps
+    assert_same_state(got["model"], want["model"])
+
+
 @pytest.mark.reliability("train-sigterm")
 def test_sigterm_writes_a_checkpoint_and_resume_continues_mid_epoch(tmp_path, data, reference):
     cfg, ref = reference
