@@ -14,6 +14,8 @@ SHARED = Path(os.environ.get("CSPNET_SHARED", Path(__file__).resolve().parents[2
 GOLDEN = SHARED / "data" / "golden"
 DEMO = Path(__file__).resolve().parents[1] / "demo"
 ARCH_NAMES = ("cspdarknet53", "cspresnet50", "cspresnext50")
+# the golden preprocessed arrays' image names -> the demo files
+IMAGES = {"bird": "bird.JPEG", "cat-dog": "cat-dog.png", "demo": "demo.JPEG", "dog": "dog.jpg"}
 MEAN = torch.tensor([123.675, 116.28, 103.53]).view(3, 1, 1)
 STD = torch.tensor([58.395, 57.12, 57.375]).view(3, 1, 1)
 

@@ -14,8 +14,8 @@ from cspnet.data.classes import imagenet_synsets
 from cspnet.data.datasets import build_dataset, custom_dataset, ilsvrc2012_id_synsets, imagenet_dataset
 from cspnet.data.transforms import EvalPreset, EvalTransform
 from cspnet.errors import DatasetError, ImageError
+from golden import DEMO
 
-DEMO = Path(__file__).resolve().parents[1] / "demo"
 LAYOUTS = ("folder", "meta", "flat")
 
 

@@ -12,9 +12,9 @@ from torch import nn
 import cspnet
 from cspnet.errors import InvalidOptionError
 from cspnet.models import FeatureDict, as_fpn_inputs, feature_names
+from golden import ARCH_NAMES
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "features.md"
-ARCH_NAMES = ("cspdarknet53", "cspresnet50", "cspresnext50")
 
 
 def documented() -> dict[str, list[tuple[int, str, int, int, str]]]:

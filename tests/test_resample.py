@@ -14,10 +14,9 @@ from cspnet.data.resample import DecodeForResize, DecodedImage, ResizeBatch, che
 from cspnet.data.transforms import EvalPreset, EvalTransform
 from cspnet.engine.evaluate import build_eval_loader
 from cspnet.errors import InvalidOptionError
-from golden import DEMO, golden_uint8
+from golden import DEMO, IMAGES, golden_uint8
 
 PIPELINES = {"288-256": EvalPreset(288, 256), "256-224": EvalPreset(256, 224)}
-IMAGES = {"bird": "bird.JPEG", "cat-dog": "cat-dog.png", "demo": "demo.JPEG", "dog": "dog.jpg"}
 
 
 def device_resize(images, preset: EvalPreset) -> torch.Tensor:

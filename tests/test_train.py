@@ -201,7 +201,7 @@ def test_random_resized_crop_matches_mmpretrain_rules():
     assert boxes[0] == boxes[1] != boxes[2]
 
 
-def test_sigkill_mid_epoch_then_resume_is_exact(tmp_path, data, reference):
+def test_sigkill_mid_epoch_then_resume_is_exact(tmp_path, reference):
     cfg, ref = reference
     wd = tmp_path / "wd"
     proc = popen_train(str(cfg), "--work-dir", str(wd), "--no-validate")
@@ -240,7 +240,7 @@ def test_sigkill_at_three_random_steps_then_resume_is_exact(tmp_path, reference)
 
 
 @pytest.mark.reliability("train-sigterm")
-def test_sigterm_writes_a_checkpoint_and_resume_continues_mid_epoch(tmp_path, data, reference):
+def test_sigterm_writes_a_checkpoint_and_resume_continues_mid_epoch(tmp_path, reference):
     cfg, ref = reference
     wd = tmp_path / "wd"
     proc = popen_train(str(cfg), "--work-dir", str(wd), "--no-validate")

@@ -7,9 +7,8 @@ from PIL import Image
 
 import cspnet
 from cspnet.errors import ImageError
-from golden import DEMO, MEAN, STD, golden_uint8
+from golden import DEMO, IMAGES, MEAN, STD, golden_uint8
 
-IMAGES = {"bird": "bird.JPEG", "cat-dog": "cat-dog.png", "demo": "demo.JPEG", "dog": "dog.jpg"}
 PIPELINES = {"288-256": "cspdarknet50_3rdparty_8xb32_in1k", "256-224": "cspresnext50_3rdparty_8xb32_in1k"}
 
 
