@@ -240,6 +240,14 @@ def test_jpeg_reader_routes_files(tmp_path):
         reader(str(bad))
 
 
+def test_jpeg_reader_leaves_oversize_jpegs_to_pillow_which_refuses_them(monkeypatch):
+    """A JPEG over Pillow's pixel limit (by less than 2x, where Pillow's open only warns) goes to the Pillow path,
+    which refuses it as a decompression bomb, as the loader path does; nvJPEG never sees it."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 403 * 500 - 1)  # bird.JPEG is 403 x 500
+    with pytest.raises(ImageError, match="too many pixels"):
+        JpegReader(EvalPreset(72, 64))(str(DEMO / "bird.JPEG"))
+
+
 def test_gpu_decoder_without_torchvision_says_what_to_do(monkeypatch):
     monkeypatch.setitem(sys.modules, "torchvision", None)
     monkeypatch.setitem(sys.modules, "torchvision.io", None)
