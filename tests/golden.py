@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -34,7 +35,13 @@ def read_keys(name: str) -> list[tuple[str, tuple[int, ...]]]:
 
 
 def recipe_state_dict(arch: str) -> dict[str, torch.Tensor]:
-    """The seeded timm-layout weights of ``logits/README.json``, built from the golden key list (no timm needed)."""
+    """The seeded timm-layout weights of ``logits/README.json``, built from the golden key list (no timm needed).
+    A new dict each call (of tensors made once: do not change them in place)."""
+    return dict(_recipe(arch))
+
+
+@functools.lru_cache(maxsize=None)
+def _recipe(arch: str) -> dict[str, torch.Tensor]:
     sd = {}
     for i, (key, shape) in enumerate(read_keys(f"{arch}.timm")):
         g = torch.Generator().manual_seed(i)

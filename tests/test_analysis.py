@@ -118,7 +118,7 @@ def test_cli_analyze(capsys):
     assert main(["analyze", "cspresnext50"]) == 0
     out = capsys.readouterr().out
     assert "3.097 G" in out and "224x224" in out
-    assert main(["analyze", "cspdarknet53", "--shape", "256", "320"]) == 0
+    assert main(["analyze", "cspdarknet53", "--image-size", "256", "320"]) == 0  # --shape: mmpretrain's name
     assert "256x320" in capsys.readouterr().out
     assert main(["analyze", "cspdarknet53", "--shape", "0"]) == 2
     assert "shape" in capsys.readouterr().err

@@ -7,8 +7,10 @@ from pathlib import Path
 import pytest
 
 from cspnet import config as C
+from cspnet.data.datasets import DataSpec
 from cspnet.data.transforms import EvalPreset
 from cspnet.errors import ConfigError
+from cspnet.spec import BackboneOptions
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs" / "cspnet"
@@ -23,7 +25,9 @@ def write(path: Path, text: str) -> Path:
 def test_base_merge_lists_replace_and_delete(tmp_path):
     write(tmp_path / "_base_" / "a.py", "model = dict(type='ImageClassifier', backbone=dict(type='CSPResNet', "
                                         "depth=50, out_indices=(3,)), head=dict(num_classes=1000, topk=(1, 5)))\n"
-                                        "test_pipeline = [dict(type='LoadImageFromFile'), dict(type='PackInputs')]\n")
+                                        "test_pipeline = [dict(type='LoadImageFromFile'), dict(type='PackInputs')]\n"
+                                        "test_dataloader = dict(dataset=dict(pipeline=[dict(type='ResizeEdge', "
+                                        "scale=72), dict(type='CenterCrop', crop_size=64)]))\n")
     write(tmp_path / "_base_" / "b.py", "train_cfg = dict(by_epoch=True, max_epochs=100, val_interval=1)\n"
                                         "import math\nlr = math.pi\n")  # a module and a non-schema name
     cfg_path = write(tmp_path / "sub" / "child.py", (
@@ -40,8 +44,9 @@ def test_base_merge_lists_replace_and_delete(tmp_path):
     assert cfg.train_cfg == {"by_epoch": True, "max_epochs": 5, "val_interval": 1}
     assert "math" not in cfg and "_private" not in cfg and "_base_" not in cfg
     assert cfg.filename == str(cfg_path)
-    assert C.model_name(cfg) == "cspresnet50"
-    assert C.model_kwargs(cfg) == {"num_classes": 10, "out_indices": (3,), "frozen_stages": 1}
+    model = C.model_spec(cfg)
+    assert (model.arch, model.num_classes, model.eval) == ("cspresnet50", 10, EvalPreset(72, 64, "bilinear"))
+    assert model.backbone == BackboneOptions(out_indices=(3,), frozen_stages=1) and model.name == "child"
 
 
 def test_base_errors(tmp_path):
@@ -75,11 +80,12 @@ def test_cfg_options_override_nested_keys_and_list_items():
         "test_dataloader.dataset.data_root=/data/in1k", "model.head.num_classes=10",
         "optim_wrapper.optimizer.lr=0.05", "param_scheduler.milestones=[10,20]", "train_dataloader.batch_size=8",
     ])
-    assert C.eval_preset(cfg) == EvalPreset(64, 56, "bicubic")
-    assert C.dataset_kwargs(cfg)["root"] == "/data/in1k"
-    assert C.model_kwargs(cfg)["num_classes"] == 10
-    assert cfg.optim_wrapper.optimizer.lr == 0.05 and cfg.param_scheduler.milestones == [10, 20]
-    assert cfg.train_dataloader.batch_size == 8 and cfg.val_dataloader.batch_size == 32  # no aliasing
+    test = C.eval_spec(cfg)
+    assert test.model.eval == EvalPreset(64, 56, "bicubic") and test.data.root == "/data/in1k"
+    assert test.model.num_classes == 10
+    train = C.train_spec(cfg)
+    assert train.optim.lr == 0.05 and train.schedule[0].steps == (10, 20)
+    assert train.train_loader.batch_size == 8 and train.val_loader.batch_size == 32  # no aliasing
 
 
 @pytest.mark.parametrize("options, message", [
@@ -90,6 +96,10 @@ def test_cfg_options_override_nested_keys_and_list_items():
     (["model.backbone.type.x=1"], r"model.backbone.type is a str"),
     (["novalue"], r"expected KEY=VALUE"),
     (["test_dataloader.dataset.pipeline.1.type=Resize"], r"type='Resize' is not supported.*did you mean 'ResizeEdge'"),
+    (["test_pipeline.1.scale=64"], r"test_pipeline is a variable of the config file.*override "
+                                   r"test_dataloader.dataset.pipeline.1.scale instead"),
+    (["model.neck.dim=3"], r"model.neck.dim=3 is not supported \(only 2\): global average pooling"),
+    (["test_dataloader.dataset.pipeline.1.edge=long"], r"edge='long' is not supported \(only 'short'\)"),
 ])
 def test_unknown_or_malformed_override_is_an_error(options, message):
     with pytest.raises(ConfigError, match=message) as e:
@@ -116,19 +126,19 @@ def test_typo_in_a_config_file_names_the_file_and_the_closest_key(tmp_path):
 ])
 def test_the_three_configs(name, arch, resize, crop, width):
     cfg = C.load_config(CONFIGS / f"{name}_8xb32_in1k.py")
-    assert C.model_name(cfg) == arch
-    assert cfg.model.head.in_channels == width and C.model_kwargs(cfg) == {"num_classes": 1000}
-    assert C.eval_preset(cfg) == EvalPreset(resize, crop, "bicubic", (123.675, 116.28, 103.53), (58.395, 57.12, 57.375))
-    assert C.eval_preset(cfg, "val") == C.eval_preset(cfg)
-    train = C.train_pipeline(cfg)
-    assert (train.crop, train.interpolation, train.flip_prob, train.scale) == (224, "bicubic", 0.5, (0.08, 1.0))
-    assert cfg.optim_wrapper.optimizer == {"type": "SGD", "lr": 0.1, "momentum": 0.9, "weight_decay": 0.0001}
-    assert cfg.param_scheduler == {"type": "MultiStepLR", "by_epoch": True, "milestones": [30, 60, 90], "gamma": 0.1}
-    assert cfg.train_cfg.max_epochs == 100 and cfg.auto_scale_lr.base_batch_size == 256
-    for split, which in (("train", "train"), ("val", "val"), ("val", "test")):
-        assert C.dataset_kwargs(cfg, which) == dict(kind="ImageNet", root="data/imagenet", split=split,
-                                                     ann_file=None, data_prefix=None, classes=None)
-    assert C.loader_kwargs(cfg) == {"batch_size": 32, "num_workers": 5}
+    test, train = C.eval_spec(cfg), C.train_spec(cfg)
+    assert test.model.arch == arch and cfg.model.head.in_channels == width
+    assert (test.model.num_classes, test.model.backbone, len(test.model.classes)) == (1000, BackboneOptions(), 1000)
+    assert test.model.eval == EvalPreset(resize, crop, "bicubic", (123.675, 116.28, 103.53), (58.395, 57.12, 57.375))
+    assert train.model.eval == test.model.eval  # the val pipeline: what best.pth is chosen with
+    aug = train.augment
+    assert (aug.crop, aug.interpolation, aug.flip_prob, aug.scale) == (224, "bicubic", 0.5, (0.08, 1.0))
+    assert train.optim == C.OptimSpec("SGD", 0.1, (("momentum", 0.9),), 0.0001)
+    assert train.schedule == (C.Scheduler("MultiStepLR", steps=(30, 60, 90), gamma=0.1),)
+    assert train.max_epochs == 100 and train.base_batch_size == 256 and not train.auto_scale_lr
+    for split, data in (("train", train.train), ("val", train.val), ("val", test.data)):
+        assert data == DataSpec("ImageNet", "data/imagenet", split)
+    assert (test.loader.batch_size, test.loader.num_workers, test.metrics.topk) == (32, 5, (1, 5))
 
 
 def test_pretty_dump_round_trips(tmp_path):
@@ -142,11 +152,14 @@ def test_pretty_dump_round_trips(tmp_path):
     (["data_preprocessor.to_rgb=False"], "to_rgb=False"),
     (["model.head.in_channels=2048"], r"in_channels=2048 but cspresnet50 outputs 1024"),
     (["model.backbone.depth=101"], r"type='CSPResNet' depth=101 is not a CSPNet"),
-    (["test_dataloader.dataset.pipeline.1.edge=long"], r"only edge='short'"),
     (["test_dataloader.dataset.pipeline=[]"], r"pipeline is missing"),
+    (["test_dataloader.batch_size=abc"], r"test_dataloader.batch_size='abc': expected an integer >= 1"),
+    (["test_dataloader.batch_size=1e100"], r"batch_size=1e\+100: expected an integer >= 1"),
+    (["model.head.num_classes=ten"], r"num_classes='ten': expected an integer >= 0"),
+    (["test_dataloader.dataset.pipeline.1=None"], r"pipeline.1=None: each step must be a dict"),
+    (["data_preprocessor.std=[0,0,0]"], r"std=\[0, 0, 0\] must be positive"),
 ])
 def test_settings_this_library_cannot_honour_are_errors(options, message):
     cfg = C.load_config(CONFIGS / "cspresnet50_8xb32_in1k.py", options)
     with pytest.raises(ConfigError, match=message):
-        C.model_kwargs(cfg)
-        C.eval_preset(cfg)
+        C.eval_spec(cfg)

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from cspnet.data.classes import imagenet_synsets
-from cspnet.data.datasets import build_dataset, custom_dataset, ilsvrc2012_id_synsets, imagenet_dataset
+from cspnet.data.datasets import DataSpec, custom_dataset, ilsvrc2012_id_synsets, imagenet_dataset
 from cspnet.data.transforms import EvalPreset, EvalTransform
 from cspnet.errors import DatasetError, ImageError
 from golden import DEMO
@@ -213,12 +213,18 @@ def test_custom_dataset(images, tmp_path):
     ds = custom_dataset(tmp_path, "train")
     assert ds.classes == ["bird", "cat", "dog"] and sorted(y for _, y in ds.samples) == [0, 0, 1, 2, 2]
     (tmp_path / "classes.txt").write_text("dog\ncat\nbird\nfish\n")
-    ds = build_dataset("CustomDataset", tmp_path, None, data_prefix="train", classes="classes.txt")
+    spec = DataSpec("CustomDataset", str(tmp_path), None, data_prefix="train", classes="classes.txt")
+    ds = spec.build()
     assert ds.num_classes == 4 and sorted(y for _, y in ds.samples) == [0, 0, 1, 2, 2]
+    # mmengine's indices: the first N samples, or those
+    assert DataSpec(**{**vars(spec), "indices": 2}).build().samples == ds.samples[:2]
+    assert DataSpec(**{**vars(spec), "indices": (4, 0)}).build().samples == [ds.samples[4], ds.samples[0]]
+    with pytest.raises(DatasetError, match=r"indices=\(9,\).*holds 5 images"):
+        DataSpec(**{**vars(spec), "indices": (9,)}).build()
     with pytest.raises(DatasetError, match=r"train/dog' is not one of the 2 given classes \(cat, bird\)"):
         custom_dataset(tmp_path, "train", classes=["cat", "bird"])
     (tmp_path / "ann.txt").write_text("dog/" + images[0].name + " 5\n")
     with pytest.raises(DatasetError, match=r"ann.txt' line 1: label 5 is outside the class range 0..3"):
         custom_dataset(tmp_path, "train", ann_file="ann.txt", classes="classes.txt")
     with pytest.raises(DatasetError, match="type='CustomDataset'"):
-        build_dataset("ImageNet", tmp_path, "train", classes=["a"])
+        DataSpec("ImageNet", str(tmp_path), "train", classes=("a",)).build()

@@ -19,7 +19,7 @@ import torch
 import cspnet
 from cspnet.cli import main as cli_main
 from cspnet.data.transforms import EvalPreset, EvalTransform
-from cspnet.engine.evaluate import ShardSampler
+from cspnet.data.loader import ShardSampler
 from cspnet.weights.checkpoint import save_state_dict
 from cspnet.weights.convert import convert_state_dict
 from golden import recipe_state_dict

@@ -14,8 +14,6 @@ from cspnet.cli import main
 from cspnet.data.classes import imagenet_classes
 from cspnet.errors import ExportError, InvalidOptionError
 from cspnet.export import export_model, read_metadata
-from cspnet.models import ARCHS, ImageClassifier
-from cspnet.models.cspnet import replace_arch
 
 import golden
 
@@ -24,10 +22,8 @@ ARCH = "cspresnet50"  # golden inputs 256x256 (the 288 -> 256 pipeline)
 
 
 @pytest.fixture(scope="module")
-def weights_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("weights") / f"{ARCH}.recipe.pth"
-    torch.save(golden.recipe_state_dict(ARCH), path)
-    return path
+def weights_file(recipe_checkpoint):
+    return recipe_checkpoint(ARCH)
 
 
 @pytest.fixture(scope="module")
@@ -36,12 +32,9 @@ def model(weights_file):
 
 
 @pytest.fixture(scope="module")
-def tiny():
-    """A 4-stage CSPResNet with one narrow block per stage: the same code paths, a fraction of the export time."""
-    arch = replace_arch(ARCHS[ARCH], name="tiny", depths=(1, 1, 1, 1), channels=(16, 32, 64, 128))
-    model = ImageClassifier(arch, num_classes=10, zero_init_last=False).eval()
-    model.transform = cspnet.get_transform(ARCH)
-    return model
+def tiny(tiny_classifier):
+    """A small CSPResNet: the same code paths, a fraction of the export time."""
+    return tiny_classifier(ARCH)
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +130,7 @@ def test_torch_formats_round_trip(tiny, tmp_path, fmt):
     with torch.no_grad():
         assert torch.allclose(loaded(x), tiny(x), atol=1e-5)
     meta = read_metadata(path)
-    assert meta["classes"] is None and meta["model"]["format"] == fmt and meta["model"]["num_classes"] == 10
+    assert meta["classes"] is None and meta["model"]["format"] == fmt and meta["spec"]["num_classes"] == 10
     assert meta["model"]["input"]["shape"] == ["batch", 3, 64, 64]
 
 

@@ -14,12 +14,14 @@ from PIL import Image, ImageOps
 
 import cspnet
 from cspnet.data.transforms import EvalPreset, EvalTransform
-from cspnet.engine.evaluate import build_eval_loader, evaluate
+from cspnet.data.gpu_decode import EncodedImage, GpuJpegDecoder, JpegReader, apply_exif_orientation
+from cspnet.data.loader import build_eval_loader
+from cspnet.engine.evaluate import evaluate
 from cspnet.errors import ImageError, InvalidOptionError
-from cspnet.fast import EncodedImage, GpuJpegDecoder, InferenceModel, JpegReader, apply_exif_orientation
-from cspnet.models import ARCHS, ImageClassifier
-from cspnet.models.cspnet import BottleneckBlock, ConvNormAct, DarkBlock, replace_arch
+from cspnet.models import ImageClassifier
+from cspnet.models.cspnet import BottleneckBlock, ConvNormAct, DarkBlock
 from cspnet.models.fuse import FusedConvAct
+from cspnet.optimize import InferenceModel
 from cspnet.weights.convert import convert_state_dict
 from golden import ARCH_NAMES, DEMO, golden_inputs, recipe_state_dict
 
@@ -29,22 +31,6 @@ BF16_RTOL = 3e-2  # bfloat16 keeps 8 mantissa bits; measured 0.4-0.6% here, on t
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.float() - b.float()).abs().max() / b.float().abs().max())
-
-
-def tiny(arch: str = "cspresnet50", seed: int = 0) -> ImageClassifier:
-    """A small net of the real blocks, with BatchNorm statistics far from identity (so folding is exercised)."""
-    a = ARCHS[arch]
-    small = replace_arch(a, stem_chs=8, depths=(1,) * a.num_stages,
-                         channels=tuple(16 * 2**i for i in range(a.num_stages)), groups=min(a.groups[0], 4))
-    torch.manual_seed(seed)
-    m = ImageClassifier(small, num_classes=10, zero_init_last=False)
-    for mod in m.modules():
-        if isinstance(mod, torch.nn.BatchNorm2d):
-            mod.running_mean.normal_(0, 0.2)
-            mod.running_var.uniform_(0.5, 2.0)
-            mod.weight.data.normal_(1, 0.2)
-            mod.bias.data.normal_(0, 0.2)
-    return m.eval()
 
 
 @pytest.fixture(scope="module", params=ARCH_NAMES)
@@ -71,8 +57,8 @@ def test_fast_default_matches_plain_float32(golden_model):
 @pytest.mark.parametrize("arch", ARCH_NAMES)
 @pytest.mark.parametrize("kwargs", [{"channels_last": False}, {"fuse": False}, {"fuse": False, "channels_last": False}],
                          ids=["folded-nchw", "unfused-nhwc", "copy"])
-def test_each_fast_path_matches_plain_float32(arch, kwargs):
-    m = tiny(arch)
+def test_each_fast_path_matches_plain_float32(arch, kwargs, tiny_classifier):
+    m = tiny_classifier(arch)
     x = torch.randn(3, 3, 64, 64)
     with torch.inference_mode():
         plain, out = m(x), cspnet.optimize_for_inference(m, **kwargs)(x)
@@ -91,8 +77,8 @@ def test_bf16_within_tolerance_same_top1(golden_model):
 
 
 @pytest.mark.parametrize("arch", ARCH_NAMES)
-def test_fuse_bn_is_a_pure_eval_only_copy(arch):
-    m = tiny(arch)
+def test_fuse_bn_is_a_pure_eval_only_copy(arch, tiny_classifier):
+    m = tiny_classifier(arch)
     x = torch.randn(2, 3, 64, 64)
     with torch.inference_mode():
         plain = m(x)
@@ -113,10 +99,10 @@ def test_fuse_bn_is_a_pure_eval_only_copy(arch):
         cspnet.fuse_bn(torch.nn.Linear(2, 2))
 
 
-def test_fused_conv_paths_agree_with_and_without_autograd():
+def test_fused_conv_paths_agree_with_and_without_autograd(tiny_classifier):
     """On CPU without autograd a folded conv runs as one oneDNN op; with autograd, as conv + act. Same numbers, and
     gradients with respect to the input (Grad-CAM) still flow through the folded model."""
-    m = cspnet.fuse_bn(tiny("cspdarknet53"))
+    m = cspnet.fuse_bn(tiny_classifier("cspdarknet53"))
     x = torch.randn(2, 3, 48, 48)
     with torch.no_grad():
         fast = m(x)
@@ -129,9 +115,9 @@ def test_fused_conv_paths_agree_with_and_without_autograd():
     assert isinstance(conv.act, torch.nn.LeakyReLU) and conv.act.negative_slope == 0.01
 
 
-def test_fixed_batch_pads_and_splits():
+def test_fixed_batch_pads_and_splits(tiny_classifier):
     """With compile or CUDA graphs the first batch size is kept: smaller batches are padded, larger ones split."""
-    m = tiny()
+    m = tiny_classifier()
     x = torch.randn(12, 3, 32, 32)
     with torch.inference_mode():
         plain = m(x)
@@ -142,8 +128,8 @@ def test_fixed_batch_pads_and_splits():
     assert rel(torch.cat(outs[:2]), plain[:8]) < FUSE_RTOL and rel(outs[2], plain) < FUSE_RTOL
 
 
-def test_bad_options():
-    m = tiny()
+def test_bad_options(tiny_classifier):
+    m = tiny_classifier()
     with pytest.raises(InvalidOptionError, match="CUDA device"):
         cspnet.optimize_for_inference(m, cuda_graph=True)
     with pytest.raises(InvalidOptionError, match="dtype='int8'"):
@@ -162,16 +148,16 @@ def test_inference_model_fast_default_same_top1():
     assert any(isinstance(mod, torch.nn.BatchNorm2d) for mod in m.modules()) and not m.training
 
 
-def test_inference_model_folds_once_until_the_weights_change(monkeypatch):
+def test_inference_model_folds_once_until_the_weights_change(monkeypatch, tiny_classifier):
     import cspnet.inference as inference
 
     folds = []
     real = inference.optimize_for_inference
     monkeypatch.setattr(inference, "optimize_for_inference", lambda m: folds.append(1) or real(m))
-    m, image = tiny(), DEMO / "dog.jpg"
+    m, image = tiny_classifier(), DEMO / "dog.jpg"
     first = cspnet.inference_model(m, image)["pred_scores"]
     assert np.array_equal(cspnet.inference_model(m, image)["pred_scores"], first) and len(folds) == 1
-    m.load_state_dict(tiny(seed=1).state_dict())  # in place: the cached copy is stale
+    m.load_state_dict(tiny_classifier(seed=1).state_dict())  # in place: the cached copy is stale
     changed = cspnet.inference_model(m, image)["pred_scores"]
     assert len(folds) == 2 and not np.allclose(changed, first)
     assert np.abs(changed - cspnet.inference_model(m, image, optimize=False)["pred_scores"]).max() < 1e-5
@@ -184,15 +170,15 @@ def test_inference_model_folds_once_until_the_weights_change(monkeypatch):
     cspnet.inference_model(m, image)
     assert len(folds) == 5
     with torch.inference_mode():
-        made_there = tiny()  # inference tensors have no version counter: folded on every call instead
+        made_there = tiny_classifier()  # inference tensors have no version counter: folded on every call instead
     for _ in range(2):
         assert np.abs(cspnet.inference_model(made_there, image)["pred_scores"] - first).max() < 1e-5
     assert len(folds) == 7
 
 
-def test_inference_model_decodes_in_workers_with_the_same_results(tmp_path):
+def test_inference_model_decodes_in_workers_with_the_same_results(tmp_path, tiny_classifier):
     """More images than one batch: loader workers decode them (in order); a bad file is still named."""
-    m = tiny()
+    m = tiny_classifier()
     images = sorted(str(p) for p in DEMO.iterdir()) * 2
     here = cspnet.inference_model(m, images, batch_size=3, num_workers=0)
     workers = cspnet.inference_model(m, images, batch_size=3)  # 3 batches: 2 workers on this machine
@@ -267,7 +253,7 @@ def test_decoder_on_cpu_matches_pillow_pipeline():
         assert torch.equal(got, t.to_uint8(p)), p.name
 
 
-def test_evaluate_with_a_decode_hook(tmp_path):
+def test_evaluate_with_a_decode_hook(tmp_path, tiny_classifier):
     """The loader hands encoded images over as a list; ``decode`` turns them into the uint8 batch. Same metrics."""
     preset = EvalPreset(40, 32)
     t, reader = EvalTransform(preset), JpegReader(preset)
@@ -288,7 +274,7 @@ def test_evaluate_with_a_decode_hook(tmp_path):
                             t.to_uint8(Image.open(io.BytesIO(it.data)))
                             for it in items])
 
-    m = tiny()
+    m = tiny_classifier()
     runs = [evaluate(m, build_eval_loader(DS(tr), 3, 0), t, decode=dec, progress=False, keep_predictions=True)
             for tr, dec in ((t.to_uint8, None), (reader, decode))]
     assert runs[0].metrics == runs[1].metrics and runs[0].num_samples == 4

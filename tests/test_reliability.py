@@ -19,7 +19,7 @@ import cspnet
 from cspnet.cli import main as cli
 from cspnet.errors import CheckpointError, DownloadError, ImageError
 from cspnet.weights import convert
-from cspnet.weights.checkpoint import save_state_dict
+from cspnet.weights.checkpoint import read_weights, save_state_dict
 from cspnet.weights.sources import download
 from golden import DEMO, recipe_state_dict
 from httpserver import FileServer, unused_port
@@ -135,7 +135,7 @@ def test_pickle_that_would_create_a_file(tmp_path, entry):
         assert not (tmp_path / "out.pth").exists()
     else:
         with pytest.raises(CheckpointError):
-            cspnet.weights.checkpoint.read_state_dict(evil)
+            read_weights(evil)
     assert not target.exists()
 
 

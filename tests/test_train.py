@@ -22,8 +22,9 @@ from PIL import Image, ImageDraw
 
 import golden
 from cspnet.cli import main as cli
-from cspnet.config import TrainPipeline
-from cspnet.data.train_transforms import random_resized_crop_box, sample_rng
+from cspnet import config as C
+from cspnet.config.resolve import schedule_spec
+from cspnet.data.train_transforms import TrainPipeline, random_resized_crop_box, sample_rng
 from cspnet.engine.optim import LRSchedule
 
 REPO = Path(__file__).resolve().parents[1]
@@ -145,6 +146,7 @@ def reference(tmp_path_factory, data) -> tuple[Path, Path]:
 
 
 # --------------------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_learns_coloured_shapes_far_above_chance(tmp_path):
     data = tmp_path / "data"
     make_images(data / "train", 4, 32, seed=0)
@@ -166,23 +168,26 @@ def test_learns_coloured_shapes_far_above_chance(tmp_path):
     assert (wd / "last_checkpoint").read_text().strip() == "epoch_4.pth"
     best = load(wd / "best.pth")
     assert best["best"]["top1"] == max(r["top1"] for r in val) and best["epoch"] == best["best"]["epoch"]
-    assert best["meta"]["arch"] == "cspresnet50" and best["meta"]["dataset_meta"]["classes"] == ["c0", "c1", "c2", "c3"]
-    assert best["config"]["train_cfg"]["max_epochs"] == 4
-    # the weights load back through the public API, with the class names
+    assert best["meta"]["spec"]["arch"] == "cspresnet50" and best["meta"]["dataset_meta"]["classes"] == ["c0", "c1", "c2", "c3"]
+    (tmp_path / "recorded.py").write_text(best["config"])  # the resolved config, as a config file
+    assert C.load_config(tmp_path / "recorded.py").train_cfg.max_epochs == 4
+    # the checkpoint carries its model: head, class names and eval preprocessing come back with it
     import cspnet
 
-    model = cspnet.get_model("cspresnet50", pretrained=wd / "best.pth", num_classes=4)
-    assert model.classes == ["c0", "c1", "c2", "c3"]
+    for model in (cspnet.get_model("cspresnet50", pretrained=wd / "best.pth"), cspnet.get_model(wd / "best.pth")):
+        assert model.num_classes == 4 and model.classes == ["c0", "c1", "c2", "c3"]
+        assert (model.transform.preset.resize, model.transform.preset.crop, model.name) == (36, 32, "cfg")
 
 
 def test_lr_schedule_follows_mmengine():
-    step_lr = LRSchedule(dict(type="MultiStepLR", by_epoch=True, milestones=[30, 60, 90], gamma=0.1), 10)
+    step_lr = LRSchedule(schedule_spec({"param_scheduler": dict(type="MultiStepLR", by_epoch=True,
+                                                                 milestones=[30, 60, 90], gamma=0.1)}), 10)
     got = [step_lr.lr(s, 0.1) for s in (0, 299, 300, 599, 600, 999)]
     assert got == pytest.approx([0.1, 0.1, 0.01, 0.01, 1e-3, 1e-4])
-    warm_cos = LRSchedule([
+    warm_cos = LRSchedule(schedule_spec({"param_scheduler": [
         dict(type="LinearLR", start_factor=0.01, by_epoch=True, begin=0, end=5, convert_to_iter_based=True),
         dict(type="CosineAnnealingLR", by_epoch=True, begin=5, end=100, eta_min=1e-5),
-    ], 10)
+    ]}), 10)
     assert warm_cos.lr(0, 0.1) == pytest.approx(1e-3)
     assert warm_cos.lr(49, 0.1) == pytest.approx(0.1)  # mmengine: the factor reaches 1 on the range's last step
     assert warm_cos.lr(24, 0.1) == pytest.approx(0.1 * (0.01 + 0.99 * 24 / 49))
@@ -201,6 +206,7 @@ def test_random_resized_crop_matches_mmpretrain_rules():
     assert boxes[0] == boxes[1] != boxes[2]
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_is_exact(tmp_path, reference):
     cfg, ref = reference
     wd = tmp_path / "wd"
@@ -220,6 +226,7 @@ def test_sigkill_mid_epoch_then_resume_is_exact(tmp_path, reference):
     assert steps == list(range(1, 17))
 
 
+@pytest.mark.slow
 @pytest.mark.reliability("train-sigkill-three-times")
 def test_sigkill_at_three_random_steps_then_resume_is_exact(tmp_path, reference):
     import random
@@ -239,6 +246,7 @@ def test_sigkill_at_three_random_steps_then_resume_is_exact(tmp_path, reference)
     assert_same_state(got["model"], want["model"])
 
 
+@pytest.mark.slow
 @pytest.mark.reliability("train-sigterm")
 def test_sigterm_writes_a_checkpoint_and_resume_continues_mid_epoch(tmp_path, reference):
     cfg, ref = reference
@@ -342,6 +350,7 @@ env_cfg = dict(channels_last=True)
     assert torch.equal(ema.state_dict()["head.fc.weight"], ckpt["ema"]["head.fc.weight"])
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_gloo(tmp_path, data):
     cfg = write_config(tmp_path / "cfg.py", data, epochs=2)
     wd = tmp_path / "wd"
@@ -373,6 +382,7 @@ def _children(pid: int) -> dict[int, dict[str, str]]:
 
 
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the rank processes through /proc")
+@pytest.mark.slow
 @pytest.mark.reliability("train-ddp-rank-dies")
 def test_ddp_a_dying_rank_stops_every_rank(tmp_path, data):
     cfg = write_config(tmp_path / "cfg.py", data, epochs=50)

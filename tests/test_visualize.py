@@ -52,10 +52,8 @@ def test_grad_cam_of_a_pooled_linear_net_is_the_closed_form_cam():
 
 
 @pytest.fixture(scope="module")
-def weights_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("weights") / "cspresnet50.recipe.pth"
-    torch.save(golden.recipe_state_dict("cspresnet50"), path)
-    return path
+def weights_file(recipe_checkpoint):
+    return recipe_checkpoint("cspresnet50")
 
 
 @pytest.fixture(scope="module")

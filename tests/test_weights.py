@@ -11,7 +11,7 @@ import cspnet
 from cspnet.cli import main as cli
 from cspnet.errors import CheckpointError
 from cspnet.weights import convert
-from cspnet.weights.checkpoint import read_state_dict, save_state_dict
+from cspnet.weights.checkpoint import read_weights, save_state_dict
 from golden import ARCH_NAMES, golden_inputs, golden_logits, logits_meta, read_keys, recipe_state_dict
 
 MM_NAMES = {a: logits_meta()["models"][a]["mmpretrain_name"] for a in ARCH_NAMES}
@@ -94,8 +94,8 @@ def test_training_checkpoint_wrappers_and_prefixes(tmp_path):
     wrapped = {"model": {"module._orig_mod." + k: v for k, v in sd.items()}, "epoch": 3,
                "ema": {k: v + 1 if v.is_floating_point() else v for k, v in sd.items()}}
     torch.save(wrapped, tmp_path / "train.pth")
-    plain, _ = read_state_dict(tmp_path / "train.pth")
-    ema, _ = read_state_dict(tmp_path / "train.pth", prefer_ema=True)
+    plain = read_weights(tmp_path / "train.pth").state_dict
+    ema = read_weights(tmp_path / "train.pth", use_ema=True).state_dict
     k = "backbone.stem.conv1.conv.weight"
     assert torch.equal(plain[k], sd[k]) and torch.equal(ema[k], sd[k] + 1)
 

@@ -24,6 +24,9 @@ model = dict(
         loss=dict(type='LabelSmoothLoss', label_smooth_val=0.1),
     ))
 
+# the head decides the class count (the base's 1000 here would only size Mixup's one-hot labels)
+data_preprocessor = dict(num_classes=None)
+
 # The base ImageNet pipelines stay: train RandomResizedCrop 224 + flip, test short edge 288 -> centre crop 256.
 _data = dict(type='CustomDataset', data_root='data/custom')  # (names starting with _ are not config keys)
 train_dataloader = dict(batch_size=32, num_workers=4, dataset=dict(_data, data_prefix='train'))

@@ -1,41 +1,22 @@
 """cspnet: CSPDarkNet-53, CSPResNet-50 and CSPResNeXt-50 for PyTorch.
 
 The public API mirrors mmpretrain's (``get_model``, ``list_models``, ``inference_model``) plus timm-style model
-contracts; see the README for a tour.
+contracts; see the README for a tour. Names are imported on first use (PEP 562), so ``import cspnet`` and the
+command line's ``--help`` start without importing torch.
 """
 
-from .analysis import analyze
-from .data.transforms import EvalPreset, EvalTransform, load_image
-from .errors import CSPNetError
-from .export import export_model
-from .fast import fuse_bn, optimize_for_inference
-from .inference import inference_model
-from .models import ARCHS, CSPNet, ImageClassifier
-from .weights.convert import convert_state_dict
-from .zoo import WEIGHTS, WeightsInfo, get_model, get_transform, get_weights_info, list_models, load_weights
+from ._lazy import lazy_exports
+from ._version import __version__
 
-__version__ = "0.1.0"
-
-__all__ = [
-    "ARCHS",
-    "CSPNet",
-    "CSPNetError",
-    "EvalPreset",
-    "EvalTransform",
-    "ImageClassifier",
-    "WEIGHTS",
-    "WeightsInfo",
-    "analyze",
-    "convert_state_dict",
-    "export_model",
-    "fuse_bn",
-    "get_model",
-    "get_transform",
-    "get_weights_info",
-    "inference_model",
-    "list_models",
-    "load_image",
-    "load_weights",
-    "optimize_for_inference",
-    "__version__",
-]
+_EXPORTS = {
+    "ARCHS": "models", "CSPNet": "models", "ImageClassifier": "models", "ModelSpec": "spec",
+    "CSPNetError": "errors",
+    "EvalPreset": "data.presets", "EvalTransform": "data.transforms", "load_image": "data.transforms",
+    "WEIGHTS": "weights.records", "WeightsInfo": "weights.records", "get_weights_info": "weights.records",
+    "list_models": "weights.records", "convert_state_dict": "weights.convert", "load_weights": "weights.loading:load",
+    "get_transform": "zoo", "analyze": "analysis", "export_model": "export",
+    "fuse_bn": "optimize", "optimize_for_inference": "optimize",
+    "get_model": "inference", "inference_model": "inference",
+}
+__all__ = [*_EXPORTS, "__version__"]
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -204,7 +204,7 @@ def analyze(model: ImageClassifier | CSPNet | str, shape: int | Sequence[int] = 
         parts.append(PartCost("head", macs_head, num_params(head), 0))
     params_backbone = num_params(backbone)
     return Analysis(
-        model=model.weights.name if getattr(model, "weights", None) else backbone.arch.name,
+        model=getattr(model, "name", backbone.arch.name),
         resolution=(h, w),
         params=num_params(model),
         params_backbone=params_backbone,

@@ -5,11 +5,12 @@ in memory, run by its own runtime (onnxruntime, ``torch.jit.load``, ``torch.expo
 batch) or the fixed batch, compared with the PyTorch model, and only then written atomically; a mismatch raises
 :class:`~cspnet.errors.ExportError` and writes nothing.
 
-Every file carries three metadata entries, each a JSON string (ONNX ``metadata_props``, which onnxruntime shows as
+Every file carries four metadata entries, each a JSON string (ONNX ``metadata_props``, which onnxruntime shows as
 ``session.get_modelmeta().custom_metadata_map``; the extra files of a TorchScript or ``.pt2`` archive):
-``model`` (name, architecture, input/output names, dtype, layout and shape), ``classes`` (class names or null) and
-``preprocessing`` (the eval resize/crop/interpolation/mean/std and whether normalisation is inside the graph).
-:func:`read_metadata` reads them back from any of the three formats.
+``model`` (name, format, input/output names, dtype, layout and shape), ``classes`` (class names or null),
+``preprocessing`` (the eval resize/crop/interpolation/mean/std and whether normalisation is inside the graph) and
+``spec`` (the :class:`~cspnet.models.ModelSpec`, as checkpoints record it). :func:`read_metadata` reads them back
+from any of the three formats.
 
 ONNX goes through ``torch.onnx.export(..., dynamo=False)``: the TorchScript-based exporter needs no package beyond
 ``onnx`` and gives outputs equal to PyTorch (max abs diff ~1e-6) at any batch size. torch 2.13's default
@@ -34,13 +35,16 @@ from torch import nn
 
 from ._io import atomic_write
 from .analysis import resolution
-from .data.transforms import EvalPreset, EvalTransform
+from ._version import __version__
+from .data.transforms import EvalTransform
 from .errors import ExportError, InvalidOptionError
-from .models.classifier import ImageClassifier
+from .models import ARCHS, ImageClassifier
+from .spec import ModelSpec
+from .zoo import get_transform
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "exported-program": ".pt2"}
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
-METADATA_KEYS = ("model", "classes", "preprocessing")
+METADATA_KEYS = ("model", "classes", "preprocessing", "spec")
 # The TorchScript-based ONNX exporter of torch 2.13 writes opsets 7..20; 11 is mmdeploy's default and the oldest
 # that TensorRT 7 reads. 17 (default) is read by onnxruntime >= 1.11, TensorRT >= 8.6 and OpenVINO >= 2022.3.
 OPSETS = range(11, 21)
@@ -77,44 +81,32 @@ class WithPreprocessing(nn.Module):
         return self.model((x.float() - self.mean) / self.std)
 
 
-def _transform_of(model: ImageClassifier) -> EvalTransform:
-    if model.transform is not None:
-        return model.transform
-    from .models.cspnet import ARCHS
-    from .zoo import get_transform
-
-    if model.backbone.arch.name not in ARCHS:
-        raise InvalidOptionError(
-            f"model (architecture {model.backbone.arch.name!r}) has no eval preprocessing: set "
-            f"model.transform = cspnet.get_transform(...) or cspnet.EvalTransform(cspnet.EvalPreset(...)) first"
-        )
-    return get_transform(model.backbone.arch.name)
+def _spec_of(model: ImageClassifier) -> ModelSpec:
+    """The model's spec; a model without its eval preprocessing gets its architecture's published one."""
+    if model.transform is None and model.backbone.arch.name in ARCHS:
+        model.transform = get_transform(model.backbone.arch.name)
+    return ModelSpec.of(model)
 
 
-def build_metadata(
-    model: ImageClassifier, preset: EvalPreset, fmt: str, image_size: tuple[int, int], dynamic_batch: bool,
-    batch_size: int, with_preprocessing: bool, opset: int | None = None,
-) -> dict[str, str]:
-    """The three metadata entries (``model``, ``classes``, ``preprocessing``: ``preset``) as JSON strings."""
-    from . import __version__
-
+def build_metadata(spec: ModelSpec, fmt: str, image_size: tuple[int, int], dynamic_batch: bool, batch_size: int,
+                   with_preprocessing: bool, opset: int | None = None) -> dict[str, str]:
+    """The metadata entries (``model``, ``classes``, ``preprocessing``, ``spec``) as JSON strings."""
     batch = "batch" if dynamic_batch else batch_size
     if with_preprocessing:
         values = "uint8 RGB 0-255 after resize and centre crop; normalised inside the graph"
     else:
         values = "float32 (x - mean) / std of RGB 0-255 after resize and centre crop"
     info = {
-        "name": model.weights.name if model.weights is not None else model.backbone.arch.name,
-        "arch": model.backbone.arch.name,
-        "num_classes": model.num_classes,
+        "name": spec.name,
         "format": fmt,
         **({"opset": opset} if opset is not None else {}),
         "input": {"name": INPUT_NAME, "dtype": "uint8" if with_preprocessing else "float32", "layout": "NCHW",
                   "shape": [batch, 3, *image_size], "values": values},
-        "output": {"name": OUTPUT_NAME, "dtype": "float32", "shape": [batch, model.num_classes],
+        "output": {"name": OUTPUT_NAME, "dtype": "float32", "shape": [batch, spec.num_classes],
                    "values": "unnormalised class scores (apply softmax for probabilities)"},
         "cspnet_version": __version__,
     }
+    preset = spec.eval
     prep = {
         "resize_short_edge": preset.resize,
         "center_crop": preset.crop,
@@ -125,8 +117,9 @@ def build_metadata(
         "normalization_in_graph": with_preprocessing,
         "description": preset.describe(),
     }
-    classes = list(model.classes) if model.classes is not None else None
-    return {"model": json.dumps(info), "classes": json.dumps(classes), "preprocessing": json.dumps(prep)}
+    classes = list(spec.classes) if spec.classes is not None else None
+    return {"model": json.dumps(info), "classes": json.dumps(classes), "preprocessing": json.dumps(prep),
+            "spec": json.dumps(spec.to_meta())}
 
 
 def _serialize(net: nn.Module, example: torch.Tensor, fmt: str, dynamic_batch: bool, opset: int,
@@ -208,7 +201,7 @@ def export_model(
     """Export ``model`` to ``path``, check the file against PyTorch, and write it atomically.
 
     Args:
-        model: a classifier (its ``weights``, ``classes`` and ``transform`` go into the metadata). It is exported
+        model: a classifier (its name, classes and eval preprocessing go into the metadata). It is exported
             in eval mode from the CPU (a copy if it lives on a GPU), and left as it was.
         path: the output file (its folder is created).
         format: ``"onnx"``, ``"torchscript"`` or ``"exported-program"`` (``torch.export``, a ``.pt2`` archive).
@@ -240,14 +233,15 @@ def export_model(
         raise InvalidOptionError(f"opset={opset}: the ONNX exporter writes opsets {OPSETS.start} to {OPSETS.stop - 1}")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise InvalidOptionError(f"batch_size={batch_size!r} must be a positive integer")
-    transform = _transform_of(model)
-    hw = resolution(image_size if image_size is not None else transform.preset.crop, "image_size", minimum=32)
+    spec = _spec_of(model)
+    transform = model.transform
+    hw = resolution(image_size if image_size is not None else spec.eval.crop, "image_size", minimum=32)
 
     # Export from the CPU (a copy when the model lives elsewhere): the file is then device-neutral, and the check
     # compares fp32 with fp32 (a CUDA reference runs TF32 convolutions, ~1e-2 away from any fp32 runtime).
     source = model if next(model.parameters()).device.type == "cpu" else copy.deepcopy(model).cpu()
     net: nn.Module = WithPreprocessing(source, transform) if with_preprocessing else source
-    metadata = build_metadata(model, transform.preset, format, hw, dynamic_batch, batch_size, with_preprocessing,
+    metadata = build_metadata(spec, format, hw, dynamic_batch, batch_size, with_preprocessing,
                               opset if format == "onnx" else None)
     batches = DYNAMIC_CHECK_BATCHES if dynamic_batch else (batch_size,)
     was_training = model.training

@@ -1,20 +1,46 @@
-"""``inference_model``: classify one image or many, as mmpretrain's ``inference_model`` does."""
+"""The user's front door, as mmpretrain's ``apis``: :func:`get_model` (a model from a name, a config file or a
+checkpoint file) and :func:`inference_model` (classify one image or many)."""
 
 from __future__ import annotations
 
 import os
 import weakref
-from typing import Any, Callable, Sequence
+from pathlib import Path
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
-from .data.resample import split_transform
-from .data.transforms import EvalTransform, ImageLike
+from . import config, zoo
+from .data.loader import ImageList, build_eval_loader, input_path
+from .data.transforms import ImageLike
 from .errors import ImageError, InvalidOptionError
-from .fast import optimize_for_inference
-from .models.classifier import ImageClassifier
-from .zoo import get_model, get_weights_info
+from .models import CSPNet, ImageClassifier
+from .spec import ModelSpec
+from .optimize import optimize_for_inference
+
+CHECKPOINT_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".safetensors")
+
+
+def get_model(model: str | os.PathLike | ModelSpec, pretrained: Any = False, *args, **kwargs
+              ) -> ImageClassifier | CSPNet:
+    """A model, optionally with weights, in eval mode: :func:`cspnet.zoo.get_model` (its arguments and options),
+    where ``model`` may also be a config file (``configs/cspnet/cspdarknet50_8xb32_in1k.py``: its model;
+    ``pretrained=True`` then uses its ``load_from``, as mmpretrain's ``get_model``) or a checkpoint file (``.pth``,
+    ``.safetensors``, ...), which carries its model and its weights: ``get_model('work_dirs/run/best.pth')``.
+    """
+    path = str(model) if isinstance(model, (str, os.PathLike)) else ""
+    if path.endswith(".py"):
+        cfg = config.load_config(path)
+        if pretrained is True:
+            pretrained = config.load_from(cfg) or True
+        return zoo.get_model(config.model_spec(cfg), pretrained, *args, **kwargs)
+    if Path(path).suffix.lower() in CHECKPOINT_SUFFIXES:
+        if pretrained not in (False, True):
+            raise InvalidOptionError(f"get_model({path!r}, pretrained={pretrained!r}): a checkpoint given as the "
+                                     f"model brings its weights; give the file once")
+        return zoo.get_model(None, path, *args, **kwargs)
+    return zoo.get_model(model, pretrained, *args, **kwargs)
 
 
 def _model_device(model: torch.nn.Module) -> torch.device:
@@ -85,17 +111,21 @@ def inference_model(
     elif device is not None:
         model = model.to(device)
     model.eval()
-    transform = model.transform or EvalTransform(get_weights_info(model.backbone.arch.name).eval)
+    transform = model.transform or zoo.get_transform(model.backbone.arch.name)
     single = not isinstance(images, (list, tuple))
     items = [images] if single else list(images)
     dev = _model_device(model)
     net = _fast_copy(model) if optimize else model
-    read, on_device = split_transform(transform, dev, resize)
+    inp = input_path(transform.preset, dev, resize)
+    if num_workers is None:  # workers pay off from the second batch on
+        batches = -(-len(items) // max(batch_size, 1))
+        num_workers = min(os.cpu_count() or 1, batches) if batches > 1 else 0
+    loader = build_eval_loader(ImageList(items, inp.read), batch_size, num_workers, pin_memory=dev.type == "cuda")
     results = []
-    for _, batch, _, bad in _batches(items, read, batch_size, num_workers, pin=dev.type == "cuda"):
+    for _, batch, _, bad in loader:
         if bad:  # the first unreadable image, named by its ImageError
             raise ImageError(bad[0][1])
-        batch = on_device(batch) if on_device else batch.to(dev, non_blocking=True)
+        batch = inp.on_device(batch) if inp.on_device else batch.to(dev, non_blocking=True)
         scores = net(transform.normalize(batch)).float().softmax(dim=1).cpu()
         for row in scores:
             label = int(row.argmax())
@@ -110,28 +140,3 @@ def inference_model(
                 ]
             results.append(res)
     return results[0] if single else results
-
-
-class _Images(torch.utils.data.Dataset):
-    def __init__(self, items: list, read: Callable[[ImageLike], Any]):
-        self.items, self.read = items, read
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int):
-        return self.read(self.items[i]), -1
-
-
-def _batches(items: list, read: Callable[[ImageLike], Any], batch_size: int, num_workers: int | None, pin: bool):
-    """``(indices, images, labels, bad)`` per batch of ``read``'s outputs, in order (the evaluation loader's)."""
-    from .engine.evaluate import build_eval_loader
-
-    if batch_size < 1:
-        raise InvalidOptionError(f"batch_size must be at least 1, got {batch_size}")
-    if num_workers is None:
-        batches = -(-len(items) // batch_size)
-        num_workers = min(os.cpu_count() or 1, batches) if batches > 1 else 0
-    elif num_workers < 0:
-        raise InvalidOptionError(f"num_workers must be 0 or more, got {num_workers}")
-    return build_eval_loader(_Images(items, read), batch_size, num_workers, rank=0, world_size=1, pin_memory=pin)

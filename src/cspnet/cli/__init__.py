@@ -1,5 +1,7 @@
 """The ``cspnet`` command line. Each subcommand is a module here with ``HELP``, ``add_arguments(parser)`` and
-``run(args) -> int``; modules import their heavy dependencies inside ``run`` so ``cspnet --help`` stays fast."""
+``run(args) -> int``; modules import their heavy dependencies inside ``run`` so ``cspnet --help`` starts without
+torch. One vocabulary for all: :func:`add_model_arguments` (the model and where its weights come from), ``--output``
+for a file, ``--work-dir`` for a folder, ``--json`` for structured output, ``--image-size`` for an input size."""
 
 from __future__ import annotations
 
@@ -24,6 +26,50 @@ COMMANDS = {
 }
 
 
+def add_model_arguments(p: argparse.ArgumentParser, positional: bool = False) -> None:
+    """The model (``MODEL`` or ``--model``: a name, a config file, or a checkpoint file, which carries its model),
+    ``--weights`` and :func:`add_source_arguments`: every subcommand that loads a model by name."""
+    what = "a name (see `cspnet list`), a config file, or a checkpoint file (which names its own model)"
+    if positional:
+        p.add_argument("model", metavar="MODEL", help=what)
+    else:
+        p.add_argument("--model", default=None, help=f"{what}; default: the --weights file's model, else cspdarknet53")
+    p.add_argument("--weights", default=None, metavar="FILE|URL",
+                   help="weights to load (timm, mmpretrain or cspnet layout; a cspnet checkpoint brings its classes "
+                        "and preprocessing); default: the published weights")
+    add_source_arguments(p)
+
+
+def add_source_arguments(p: argparse.ArgumentParser, training: bool = False) -> None:
+    """Where weights come from (``--weights-dir``, ``--mirror``, ``--offline``) and, but for training, which of a
+    checkpoint's weights (``--ema``/``--no-ema``) and the ``--device``."""
+    if not training:
+        p.add_argument("--ema", action=argparse.BooleanOptionalAction, default=None,
+                       help="a training checkpoint's EMA weights (--ema) or raw weights (--no-ema); default: those "
+                            "its run chose its best epoch by")
+        p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: cuda if available; under "
+                                                      "torchrun cuda:LOCAL_RANK)")
+    p.add_argument("--weights-dir", default=None, metavar="DIR", help="look for weight files here first "
+                                                                     "(as $CSPNET_WEIGHTS_DIR)")
+    p.add_argument("--mirror", default=None, metavar="URL", help="a server holding the weight files (as $CSPNET_MIRROR)")
+    p.add_argument("--offline", action="store_true", default=None, help="no downloads (as $CSPNET_OFFLINE=1)")
+
+
+def where(args: argparse.Namespace) -> dict:
+    """The arguments of :func:`add_source_arguments`, for ``get_model``/``weights.read``."""
+    return {"weights_dir": args.weights_dir, "mirror": args.mirror, "offline": args.offline}
+
+
+def load_model(args: argparse.Namespace, device=None, **kwargs):
+    """The model that :func:`add_model_arguments` describes, on ``device`` (default: ``--device``), in eval mode."""
+    from ..engine.distributed import default_device
+    from ..inference import get_model
+
+    name = args.model if args.model is not None or args.weights is not None else "cspdarknet53"
+    return get_model(name, args.weights or True, device=device or default_device(args.device), use_ema=args.ema,
+                     **where(args), **kwargs)
+
+
 def add_launcher_arguments(p: argparse.ArgumentParser) -> None:
     """``--launcher none|pytorch`` (mmpretrain's), and the ``--local-rank`` that ``torch.distributed.launch`` passes."""
     p.add_argument("--launcher", choices=["none", "pytorch"], default="none",
@@ -37,19 +83,30 @@ def use_local_rank(args: argparse.Namespace) -> None:
         os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     parser = argparse.ArgumentParser(prog="cspnet", description="CSPNet image classification backbones.")
+    parser.add_argument("--version", action="version", version=f"cspnet {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = {}
     for name, module in COMMANDS.items():
         mod = importlib.import_module(f".{module}", __name__)
-        p = sub.add_parser(name, help=mod.HELP, description=mod.HELP)
+        commands[name] = p = sub.add_parser(name, help=mod.HELP, description=mod.HELP)
         mod.add_arguments(p)
         p.set_defaults(_run=mod.run)
-    return parser
+    return parser, commands
+
+
+def _version() -> str:
+    from .._version import __version__
+
+    return __version__
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser, commands = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # the subcommand's usage, not the top level's
+        commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         return int(args._run(args) or 0)
     except CSPNetError as e:

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import argparse
 
+from . import add_model_arguments, load_model
+
 HELP = "draw the Grad-CAM heatmap of a class over an image (PNG)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("image", metavar="IMAGE", help="image file (any format Pillow reads)")
-    p.add_argument("--model", default="cspdarknet53", help="model name (see `cspnet list`; default %(default)s)")
-    p.add_argument("--weights", default=None, metavar="FILE|URL",
-                   help="checkpoint to load (timm, mmpretrain or cspnet layout); default: the published weights")
+    add_model_arguments(p)
     p.add_argument("--target-layer", default=None, metavar="MODULE",
                    help="module whose output is explained (default: the last stage, e.g. backbone.stages.4)")
     p.add_argument("--target-class", type=int, default=None, metavar="N",
@@ -19,18 +19,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", default=None, metavar="PATH",
                    help="output image (default: <image stem>.cam.png in the current folder)")
     p.add_argument("--alpha", type=float, default=0.5, help="heatmap opacity, 0 to 1 (default %(default)s)")
-    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
 
 
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ..engine.distributed import default_device
     from ..visualize import default_target_layer, grad_cam, overlay_cam, save_image
-    from ..zoo import get_model
 
-    device = default_device(args.device)
-    model = get_model(args.model, pretrained=args.weights or True, device=device)
+    model = load_model(args)
+    device = next(model.parameters()).device
     crop = model.transform.to_uint8(args.image)  # (3, crop, crop): the CAM explains exactly what the model sees
     x = model.transform.normalize(crop[None].to(device))
     layer = args.target_layer or default_target_layer(model)
@@ -40,6 +37,6 @@ def run(args: argparse.Namespace) -> int:
     prob = logits.softmax(dim=1)[0]
     label = int(classes[0])
     name = model.classes[label] if model.classes is not None else f"class {label}"
-    print(f"wrote {output} ({crop.shape[2]}x{crop.shape[1]}, {model.weights.name}, layer {layer}): "
+    print(f"wrote {output} ({crop.shape[2]}x{crop.shape[1]}, {model.name}, layer {layer}): "
           f"Grad-CAM of [{label}] {name} (score {100 * float(prob[label]):.2f}%, top class {int(prob.argmax())})")
     return 0

@@ -19,7 +19,7 @@ def run(args: argparse.Namespace) -> int:
 
     from .._io import atomic_write
     from ..weights.sources import resolve
-    from ..zoo import WEIGHTS, get_weights_info
+    from ..weights.records import WEIGHTS, get_weights_info
 
     infos = list(dict.fromkeys(get_weights_info(n) for n in args.names)) if args.names else list(WEIGHTS)
     for info in infos:

@@ -11,11 +11,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("pattern", nargs="?", default=None, help="filter, e.g. 'resnext' or 'csp*' (default: all)")
     p.add_argument("--markdown", action="store_true", help="print the README model table")
     p.add_argument("--names", action="store_true", help="print only the names, one per line")
+    p.add_argument("--json", action="store_true", help="print each name's record as JSON")
 
 
 def markdown_table() -> str:
     """The README's model table, generated from :data:`cspnet.zoo.WEIGHTS`."""
-    from ..zoo import WEIGHTS
+    from ..weights.records import WEIGHTS
 
     lines = [
         "| Model | Also accepted as | Params (M) | MACs 224 (G) | MACs eval (G) | Top-1 (%) | Top-5 (%) | Eval preprocessing | Sources |",
@@ -36,12 +37,20 @@ def markdown_table() -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..zoo import get_weights_info, list_models
+    from ..weights.records import get_weights_info, list_models
 
     if args.markdown:
         print(markdown_table())
         return 0
     names = list_models(args.pattern)
+    if args.json:
+        import json
+
+        records = {n: get_weights_info(n) for n in names}
+        print(json.dumps({n: {"weights": w.name, "arch": w.arch, "params": w.params, "macs_224": w.macs_224,
+                              "macs_eval": w.macs_eval, "top1": w.top1, "top5": w.top5, "eval": vars(w.eval),
+                              "sources": [s.describe() for s in w.sources]} for n, w in records.items()}, indent=2))
+        return 0
     if args.names:
         print("\n".join(names))
         return 0

@@ -5,17 +5,16 @@ from __future__ import annotations
 import argparse
 import json
 
+from . import add_model_arguments, load_model
+
 HELP = "classify images and print the top-k classes with their names and scores"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (any format Pillow reads)")
-    p.add_argument("--model", default="cspdarknet53", help="model name (see `cspnet list`; default %(default)s)")
-    p.add_argument("--weights", default=None, metavar="FILE|URL",
-                   help="checkpoint to load (timm, mmpretrain or cspnet layout); default: the published weights")
+    add_model_arguments(p)
     p.add_argument("--topk", type=int, default=5, help="classes to show per image (default %(default)s)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: cuda if available)")
     p.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default %(default)s)")
     p.add_argument("--num-workers", type=int, default=None,
                    help="processes decoding images while the model runs (default: one per CPU core when there is "
@@ -26,11 +25,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..data.classes import imagenet_synsets
-    from ..engine.distributed import default_device
+    from ..data.classes import imagenet_classes, imagenet_synsets
     from ..errors import InvalidOptionError
     from ..inference import inference_model
-    from ..zoo import get_model
 
     if args.topk < 1:
         raise InvalidOptionError(f"--topk must be at least 1, got {args.topk}")
@@ -38,18 +35,18 @@ def run(args: argparse.Namespace) -> int:
         from ..visualize import vis_paths
 
         vis_paths(args.images, args.save_vis)  # a bad --save-vis fails before the model loads
-    device = default_device(args.device)
-    model = get_model(args.model, pretrained=args.weights or True, device=device)
+    model = load_model(args)
     results = inference_model(model, list(args.images), batch_size=args.batch_size, topk=args.topk,
                               num_workers=args.num_workers)
-    synsets = imagenet_synsets() if model.num_classes == 1000 else None
+    imagenet = model.classes is not None and tuple(model.classes) == imagenet_classes()
+    synsets = imagenet_synsets() if imagenet else None
     rows = []
     for image, res in zip(args.images, results):
         top = [
             {"label": label, "score": score, "class": name, **({"synset": synsets[label]} if synsets else {})}
             for label, score, name in res["topk"]
         ]
-        rows.append({"image": image, "model": model.weights.name, "topk": top})
+        rows.append({"image": image, "model": model.name, "topk": top})
     if args.save_vis:
         import sys
 

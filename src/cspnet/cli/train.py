@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import add_launcher_arguments, use_local_rank
+from . import add_launcher_arguments, add_source_arguments, use_local_rank, where
 
 HELP = "train or fine-tune a model from a config (one process, or DDP under torchrun), like mmpretrain's tools/train.py"
 
@@ -37,43 +37,43 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                                           "else a random one (recorded in the checkpoints)")
     p.add_argument("--deterministic", action="store_true",
                    help="deterministic algorithms (randomness.deterministic): reproducible, somewhat slower")
+    add_source_arguments(p, training=True)
 
 
-def config_from_args(args: argparse.Namespace):
-    """The config with the command-line switches applied, so the saved config records them."""
-    from ..config import load_config
+def spec_from_args(args: argparse.Namespace):
+    """The :class:`~cspnet.config.TrainSpec` of the config with the command-line switches applied as overrides, so
+    that the resolved config a run saves records them (as mmpretrain's tools/train.py does)."""
+    from ..config import load_config, parse_cfg_options, train_spec
 
-    cfg = load_config(args.config, args.cfg_options)
-    if args.amp:  # as mmpretrain's tools/train.py
-        cfg.setdefault("optim_wrapper", {})["type"] = "AmpOptimWrapper"
-        cfg["optim_wrapper"].setdefault("loss_scale", "dynamic")
-    if args.auto_scale_lr:
-        cfg.setdefault("auto_scale_lr", {})["enable"] = True
-    if args.seed is not None:
-        cfg.setdefault("randomness", {})["seed"] = args.seed
-    if args.deterministic:
-        cfg.setdefault("randomness", {})["deterministic"] = True
-    if args.work_dir:
-        cfg["work_dir"] = args.work_dir
-    elif not cfg.get("work_dir"):
+    options = parse_cfg_options(args.cfg_options)
+    if args.amp:
+        options.update({"optim_wrapper.type": "AmpOptimWrapper"})
+    for flag, key, value in ((args.auto_scale_lr, "auto_scale_lr.enable", True), (args.seed is not None,
+                             "randomness.seed", args.seed), (args.deterministic, "randomness.deterministic", True),
+                             (args.work_dir, "work_dir", args.work_dir), (args.launcher != "none", "launcher",
+                             args.launcher)):
+        if flag:
+            options[key] = value
+    cfg = load_config(args.config, options)
+    if not cfg.get("work_dir"):
         cfg["work_dir"] = str(Path("work_dirs") / Path(args.config).stem)
-    return cfg
+    return train_spec(cfg, validate=not args.no_validate)
 
 
-def resume_path(args: argparse.Namespace, cfg) -> Path | None:
+def resume_path(args: argparse.Namespace, spec) -> Path | None:
     """``--resume CKPT``, ``--resume`` (latest in the work dir) or the config's ``resume=True`` (+ ``load_from``)."""
     from ..engine.checkpoint import find_latest
 
     if args.resume not in (None, "auto"):
         return Path(args.resume)
-    if args.resume == "auto" or cfg.get("resume"):
-        if args.resume is None and isinstance(cfg.get("load_from"), str):
-            return Path(cfg["load_from"])  # mmengine: resume=True resumes from load_from when it is set
-        latest = find_latest(cfg["work_dir"])
+    if args.resume == "auto" or spec.resume:
+        if args.resume is None and isinstance(spec.load_from, str):
+            return Path(spec.load_from)  # mmengine: resume=True resumes from load_from when it is set
+        latest = find_latest(spec.work_dir)
         if latest is None:
             import logging
 
-            logging.getLogger("cspnet").warning("--resume: no checkpoint in %s; starting a new run", cfg["work_dir"])
+            logging.getLogger("cspnet").warning("--resume: no checkpoint in %s; starting a new run", spec.work_dir)
         return latest
     return None
 
@@ -82,10 +82,9 @@ def run(args: argparse.Namespace) -> int:
     from ..engine.train import Interrupted, fit
 
     use_local_rank(args)
-    cfg = config_from_args(args)
+    spec = spec_from_args(args)
     try:
-        result = fit(cfg, cfg["work_dir"], resume_from=resume_path(args, cfg), validate_=not args.no_validate,
-                     launcher=args.launcher)
+        result = fit(spec, spec.work_dir, resume_from=resume_path(args, spec), **where(args))
     except Interrupted as e:
         print(f"cspnet train: {e}; continue with --resume", flush=True)
         return e.exit_code

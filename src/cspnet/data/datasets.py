@@ -37,7 +37,7 @@ import csv
 import logging
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -362,20 +362,32 @@ def custom_dataset(
     return ImageDataset(samples, names, str(root), "folder per class", str(image_dir), transform)
 
 
-def build_dataset(
-    kind: str = "ImageNet",
-    root: str | os.PathLike = "data/imagenet",
-    split: str | None = "val",
-    ann_file: str | os.PathLike | None = None,
-    data_prefix: str | None = None,
-    classes: Sequence[str] | str | None = None,
-    transform: Callable[[str], Any] | None = None,
-) -> ImageDataset:
-    """A dataset from a config's ``dataset=dict(...)`` (see :func:`cspnet.config.dataset_kwargs`)."""
-    if kind == "ImageNet":
-        if classes is not None:
-            raise DatasetError("type='ImageNet' has the 1000 ImageNet classes; for your own use type='CustomDataset'")
-        return imagenet_dataset(root, split or "val", transform, ann_file, data_prefix)
-    if kind == "CustomDataset":
-        return custom_dataset(root, data_prefix or split, ann_file, classes, transform)
-    raise DatasetError(f"dataset type {kind!r} is not supported; use 'ImageNet' or 'CustomDataset'")
+@dataclass(frozen=True)
+class DataSpec:
+    """A dataset on disk, as a config's ``dataset=dict(...)`` describes it (:func:`cspnet.config.data_spec`):
+    ``kind`` 'ImageNet' (:func:`imagenet_dataset`) or 'CustomDataset' (:func:`custom_dataset`) and their arguments;
+    ``indices`` (mmengine's): the first N samples, or those indices."""
+
+    kind: str = "ImageNet"
+    root: str = "data/imagenet"
+    split: str | None = "val"
+    ann_file: str | None = None
+    data_prefix: str | None = None
+    classes: tuple[str, ...] | str | None = None
+    indices: int | tuple[int, ...] | None = None
+
+    def build(self, transform: Callable[[str], Any] | None = None) -> ImageDataset:
+        if self.kind == "ImageNet":
+            if self.classes is not None:
+                raise DatasetError("type='ImageNet' has the 1000 ImageNet classes; for your own use type='CustomDataset'")
+            ds = imagenet_dataset(self.root, self.split or "val", transform, self.ann_file, self.data_prefix)
+        elif self.kind == "CustomDataset":
+            ds = custom_dataset(self.root, self.data_prefix or self.split, self.ann_file, self.classes, transform)
+        else:
+            raise DatasetError(f"dataset type {self.kind!r} is not supported; use 'ImageNet' or 'CustomDataset'")
+        if self.indices is None:
+            return ds
+        picked = range(min(self.indices, len(ds))) if isinstance(self.indices, int) else self.indices
+        if any(not isinstance(i, int) or not 0 <= i < len(ds) for i in picked):
+            raise DatasetError(f"indices={self.indices!r:.80}: {ds.source} holds {len(ds)} images (0..{len(ds) - 1})")
+        return replace(ds, samples=[ds.samples[i] for i in picked])

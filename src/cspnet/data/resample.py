@@ -26,10 +26,10 @@ import numpy as np
 import torch
 
 from ..errors import InvalidOptionError
-from .transforms import EvalPreset, EvalTransform, ImageLike, _libjpeg_decoder, crop_offsets, load_rgb_array, short_edge_shape
+from .transforms import EvalPreset, ImageLike, _libjpeg_decoder, crop_offsets, load_rgb_array, short_edge_shape
 
 __all__ = ["check_device_resize", "pillow_taps", "crop_taps", "DecodedImage", "ResizeBatch", "DecodeForResize",
-           "DeviceResize", "resize_crop", "split_transform"]
+           "DeviceResize", "resize_crop"]
 
 # Resample.c: 8-bit pixels times 22-bit weights fit a 32-bit int, with 2 bits for sign and overshoot
 PRECISION_BITS = 32 - 8 - 2
@@ -60,14 +60,14 @@ def _lanczos(x: np.ndarray) -> np.ndarray:
     return np.array([_sinc(v) * _sinc(v / 3) if -3.0 <= v < 3.0 else 0.0 for v in x.ravel()]).reshape(x.shape)
 
 
-_FILTERS = {"bilinear": (_bilinear, 1.0), "bicubic": (_bicubic, 2.0), "lanczos": (_lanczos, 3.0)}
+FILTERS = {"bilinear": (_bilinear, 1.0), "bicubic": (_bicubic, 2.0), "lanczos": (_lanczos, 3.0)}
 
 
 def check_device_resize(preset: EvalPreset) -> None:
     """Raise :class:`~cspnet.errors.InvalidOptionError` for a preset whose filter is not implemented here."""
-    if preset.interpolation not in _FILTERS:
+    if preset.interpolation not in FILTERS:
         raise InvalidOptionError(
-            f"resizing on the device (--resize device, --decode gpu) supports {sorted(_FILTERS)} interpolation, not "
+            f"resizing on the device (--resize device, --decode gpu) supports {sorted(FILTERS)} interpolation, not "
             f"{preset.interpolation!r}: resize in the loader workers instead (--resize loader --decode cpu)"
         )
 
@@ -82,7 +82,7 @@ def pillow_taps(in_size: int, out_size: int, interpolation: str) -> tuple[np.nda
         ``(out_size, K)``: its fixed-point weights for source pixels ``start .. start + K - 1`` (zero past the
         image's edge). ``K`` is Pillow's ``ksize`` for this scale. Read-only (cached).
     """
-    filt, base_support = _FILTERS[interpolation]
+    filt, base_support = FILTERS[interpolation]
     scale = in_size / out_size
     filterscale = max(scale, 1.0)  # shrinking widens the filter (antialiasing); enlarging does not narrow it
     support = base_support * filterscale
@@ -324,20 +324,3 @@ class DeviceResize:
 
     def __call__(self, batch: ResizeBatch) -> torch.Tensor:
         return resize_crop(batch, self.device)
-
-
-def split_transform(transform: EvalTransform, device: torch.device | str, resize: str = "auto"):
-    """Where the exact eval preprocessing runs: ``(worker half, device half or None)``.
-
-    ``resize``: ``'loader'``: all of it in the loader workers (``transform.to_uint8``, uint8 crops);
-    ``'device'``: the workers decode (:class:`DecodeForResize`), the device resizes and crops
-    (:class:`DeviceResize`); ``'auto'``: ``'device'`` on CUDA when the preset's filter is implemented here, else
-    ``'loader'``. The pixels are the same either way.
-    """
-    if resize not in ("auto", "loader", "device"):
-        raise InvalidOptionError(f"resize={resize!r}: use 'auto', 'loader' or 'device'")
-    device = torch.device(device)
-    supported = transform.preset.interpolation in _FILTERS
-    if resize == "device" or (resize == "auto" and device.type == "cuda" and supported):
-        return DecodeForResize(transform.preset), DeviceResize(device)
-    return transform.to_uint8, None

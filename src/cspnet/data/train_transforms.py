@@ -2,7 +2,7 @@
 
 mmpretrain's train pipeline: ``RandomResizedCrop(224, crop_ratio_range=(0.08, 1), aspect_ratio_range=(3/4, 4/3),
 max_attempts=10, backend='pillow', interpolation='bicubic')`` then ``RandomFlip(prob=0.5, direction='horizontal')``
-(read from a config by :func:`cspnet.config.train_pipeline`). :class:`TrainTransform` draws the same distributions
+(read from a config by :func:`cspnet.config.train_pipeline`, into a :class:`TrainPipeline`). :class:`TrainTransform` draws the same distributions
 in the same order, but from a generator seeded by ``(seed, epoch, sample index)`` instead of the process-global
 NumPy state. So an image's augmentation depends on neither the DataLoader worker that loads it nor where a run was
 interrupted: a resumed run sees exactly the pixels an uninterrupted one would. :class:`TrainSampler` (a seeded
@@ -12,14 +12,34 @@ shuffle per epoch that can skip what an interrupted epoch already consumed) and 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
 import torch
 from PIL import Image
 
-from ..config import TrainPipeline
-from .transforms import _INTERPOLATION, ImageLike, load_image
+from .transforms import IMAGENET_MEAN, IMAGENET_STD, RESAMPLING, ImageLike, load_image
+
+
+@dataclass(frozen=True)
+class TrainPipeline:
+    """The training augmentation of a config: mmpretrain's ``RandomResizedCrop`` then ``RandomFlip``.
+
+    ``crop``: output side; ``scale``: range of the crop's area as a fraction of the image (``crop_ratio_range``);
+    ``ratio``: range of its aspect ratio w/h (``aspect_ratio_range``); ``max_attempts``: tries before mmpretrain's
+    fallback (a centre crop with the aspect ratio clamped to ``ratio``); ``interpolation``: Pillow filter;
+    ``flip_prob``: probability of a horizontal flip; ``mean``/``std``: RGB on 0-255, applied on the batch.
+    """
+
+    crop: int = 224
+    scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    max_attempts: int = 10
+    interpolation: str = "bilinear"
+    flip_prob: float = 0.0
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
 
 
 def random_resized_crop_box(w: int, h: int, p: TrainPipeline, rng: np.random.Generator) -> tuple[int, int, int, int]:
@@ -61,7 +81,7 @@ class TrainTransform:
         img = load_image(image)
         left, top, tw, th = random_resized_crop_box(img.width, img.height, p, rng)
         # crop then resize, as mmcv.imcrop + mmcv.imresize(backend='pillow')
-        img = img.crop((left, top, left + tw, top + th)).resize((p.crop, p.crop), _INTERPOLATION[p.interpolation])
+        img = img.crop((left, top, left + tw, top + th)).resize((p.crop, p.crop), RESAMPLING[p.interpolation])
         if rng.random() < p.flip_prob:
             img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)

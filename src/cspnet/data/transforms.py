@@ -21,46 +21,12 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import ImageError
+from .presets import IMAGENET_MEAN, IMAGENET_STD, INTERPOLATIONS, EvalPreset
 
 ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray]
 
-# ImageNet statistics on the 0-255 scale, as mmpretrain's data_preprocessor (timm's 0-1 values times 255).
-IMAGENET_MEAN = (123.675, 116.28, 103.53)
-IMAGENET_STD = (58.395, 57.12, 57.375)
-
-_INTERPOLATION = {
-    "nearest": Image.Resampling.NEAREST,
-    "bilinear": Image.Resampling.BILINEAR,
-    "bicubic": Image.Resampling.BICUBIC,
-    "lanczos": Image.Resampling.LANCZOS,
-}
-
-
-@dataclass(frozen=True)
-class EvalPreset:
-    """The eval preprocessing of one checkpoint, as explicit integers (no crop_pct floats to floor).
-
-    ``resize``: the short edge after resizing (the long edge is ``int(resize * long / short)``, truncated, as
-    mmpretrain's ``ResizeEdge``); ``crop``: the centre-crop side; ``interpolation``: Pillow filter; ``mean``/``std``:
-    per RGB channel on the 0-255 scale.
-    """
-
-    resize: int
-    crop: int
-    # mmpretrain's CSP configs resize with Pillow *bicubic*; timm's pretrained cfg says bilinear. The published
-    # 80.05/79.55/79.96 were measured with bicubic, so that is the default here.
-    interpolation: str = "bicubic"
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-
-    def __post_init__(self):
-        if self.interpolation not in _INTERPOLATION:
-            raise ValueError(f"interpolation={self.interpolation!r}; choose from {sorted(_INTERPOLATION)}")
-        if not 0 < self.crop <= self.resize:
-            raise ValueError(f"crop={self.crop} must be positive and at most resize={self.resize}")
-
-    def describe(self) -> str:
-        return f"RGB, Pillow {self.interpolation} short edge {self.resize}, centre crop {self.crop}, mean/std on 0-255"
+# Pillow's filter for each interpolation name of a preset
+RESAMPLING = {name: getattr(Image.Resampling, name.upper()) for name in INTERPOLATIONS}
 
 
 def _describe(image) -> str:
@@ -219,7 +185,7 @@ def crop_offsets(height: int, width: int, size: int) -> tuple[int, int]:
 def resize_short_edge(img: Image.Image, size: int, interpolation: str = "bicubic") -> Image.Image:
     """mmpretrain ``ResizeEdge(edge='short', backend='pillow')``: short edge to ``size``, long edge truncated."""
     new_h, new_w = short_edge_shape(img.height, img.width, size)
-    return img.resize((new_w, new_h), _INTERPOLATION[interpolation])
+    return img.resize((new_w, new_h), RESAMPLING[interpolation])
 
 
 def center_crop(img: Image.Image, size: int) -> Image.Image:

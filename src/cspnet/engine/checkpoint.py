@@ -5,8 +5,9 @@ A checkpoint is a dict of tensors, numbers, strings, lists, tuples and dicts onl
 ``ema`` weights). Keys: ``model``, ``optimizer``, ``scaler``, ``ema`` (state dicts or None), ``ema_steps``,
 ``epoch`` (epochs completed), ``iter`` (iterations done in the next epoch, non-zero only when interrupted
 mid-epoch), ``step`` (optimizer steps so far), ``rng`` (every rank's RNG states), ``seed``, ``best``
-(``{'top1', 'epoch', 'metric'}``), ``meta`` (``arch``, ``num_classes``, ``dataset_meta.classes`` as mmpretrain,
-``cspnet_version``) and ``config`` (the resolved config as plain data).
+(``{'top1', 'epoch', 'metric'}``), ``meta`` (``spec``: the :class:`~cspnet.models.ModelSpec` of the model,
+``dataset_meta.classes`` as mmpretrain, ``cspnet_version``) and ``config`` (the resolved config file's text, as
+mmengine keeps it). ``optimizer`` and ``scaler`` are None with ``save_optimizer=False``: weights, not resumable.
 
 Files in the work dir: ``epoch_N.pth`` after each epoch, ``iter_S.pth`` when interrupted, ``best.pth`` (a copy of
 the best epoch by validation top-1) and ``last_checkpoint``, a text file naming the newest one, as mmengine.
@@ -26,6 +27,7 @@ import torch
 
 from .._io import atomic_path, atomic_write
 from ..errors import CheckpointError
+from ..spec import ModelSpec
 from ..weights.checkpoint import read_checkpoint
 
 LAST = "last_checkpoint"
@@ -98,20 +100,25 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     return dict(ckpt)
 
 
-def check_resumable(ckpt: Mapping, arch: str, num_classes: int, path: str | os.PathLike,
+def check_resumable(checkpoint: Mapping, spec: ModelSpec, path: str | os.PathLike,
                     model: torch.nn.Module | None = None) -> None:
-    """Refuse a checkpoint of another architecture or class count (and, given ``model``, one whose weights do not
-    fit it) before anything is loaded."""
-    meta = ckpt["meta"]
-    if meta.get("arch") != arch or meta.get("num_classes") != num_classes:
+    """Refuse a checkpoint of another architecture or class count, or without optimizer state (and, given
+    ``model``, one whose weights do not fit it) before anything is loaded."""
+    meta = checkpoint["meta"]
+    held = ModelSpec.from_meta(meta.get("spec"), f"checkpoint {str(path)!r}") if isinstance(meta, Mapping) else None
+    if held is None or (held.arch, held.num_classes) != (spec.arch, spec.num_classes):
         raise CheckpointError(
-            f"cannot resume from {str(path)!r}: it was trained as {meta.get('arch')} with {meta.get('num_classes')} "
-            f"classes, but the config builds {arch} with {num_classes} classes. Resume with the config it was "
-            f"trained with, or start a new run (set load_from to fine-tune from its weights)"
+            f"cannot resume from {str(path)!r}: it was trained as {held.arch if held else '?'} with "
+            f"{held.num_classes if held else '?'} classes, but the config builds {spec.arch} with {spec.num_classes} "
+            f"classes. Resume with the config it was trained with, or start a new run (set load_from to fine-tune "
+            f"from its weights)"
         )
+    if checkpoint["optimizer"] is None:
+        raise CheckpointError(f"cannot resume from {str(path)!r}: it was saved without its optimizer state "
+                              f"(default_hooks.checkpoint.save_optimizer=False); fine-tune from it with load_from")
     if model is not None:
         own = model.state_dict()
-        bad = [k for k, v in ckpt["model"].items() if k not in own or tuple(own[k].shape) != tuple(v.shape)]
-        bad += [k for k in own if k not in ckpt["model"]]
+        bad = [k for k, v in checkpoint["model"].items() if k not in own or tuple(own[k].shape) != tuple(v.shape)]
+        bad += [k for k in own if k not in checkpoint["model"]]
         if bad:
             raise CheckpointError(f"cannot resume from {str(path)!r}: its weights do not fit the model ({bad[:5]})")

@@ -49,10 +49,11 @@ def default_device(device: str | torch.device | None = None) -> torch.device:
 
 
 def init_distributed(launcher: str = "none", device: str | torch.device | None = None,
-                     timeout_s: float = 1800) -> DistInfo:
+                     timeout_s: float = 1800, backend: str = "nccl") -> DistInfo:
     """Join the process group that ``torchrun`` describes (``launcher='pytorch'``), or run alone (``'none'``).
 
-    The backend is NCCL when computing on CUDA and gloo on CPU. Under torchrun with CUDA, a process uses GPU
+    ``backend='nccl'`` (``env_cfg.dist_cfg.backend``) means NCCL when computing on CUDA and gloo on CPU;
+    ``'gloo'`` gloo everywhere. Under torchrun with CUDA, a process uses GPU
     ``LOCAL_RANK`` (an explicit ``device='cuda:1'`` wins, for a one-process run).
 
     Raises:
@@ -75,8 +76,8 @@ def init_distributed(launcher: str = "none", device: str | torch.device | None =
             dev = torch.device("cuda", local)
         torch.cuda.set_device(dev)
     if not dist.is_initialized():
-        backend = "nccl" if dev.type == "cuda" else "gloo"
-        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+        dist.init_process_group("nccl" if dev.type == "cuda" and backend == "nccl" else "gloo",
+                                timeout=datetime.timedelta(seconds=timeout_s))
     return DistInfo(rank, world, local, dev)
 
 

@@ -1,4 +1,5 @@
-"""Exact top-k evaluation over a whole dataset, in one process or under torchrun.
+"""Exact top-k evaluation over a whole dataset, in one process or under torchrun: :func:`evaluate` (a model and a
+loader) and :func:`run_test` (an :class:`~cspnet.config.EvalSpec` and a checkpoint: what ``cspnet test`` runs).
 
 Every sample is counted exactly once, whatever the number of processes: the sampler does not pad (rank ``r`` of
 ``W`` takes indices ``r, r+W, r+2W, ...``), each rank keeps ``(index, label, top-k)`` per sample, and rank results
@@ -9,107 +10,28 @@ per-rank means, make top-1 depend on the number of GPUs: pytorch/pytorch#25162.)
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader
 
+from .. import weights
+from .._io import atomic_write
+from ..config import EvalSpec
+from ..data.loader import Indexed, build_eval_loader, input_path
 from ..data.transforms import EvalTransform
-from ..errors import DatasetError, ImageError
-from .distributed import all_gather_object, get_rank, get_world_size
+from ..errors import CheckpointError, ConfigError, DatasetError, ImageError
+from ..optimize import optimize_for_inference
+from .distributed import DistInfo, all_gather_object, get_rank, get_world_size, rank0_first
 
 log = logging.getLogger("cspnet")
-
-
-class ShardSampler(Sampler[int]):
-    """Rank ``rank`` of ``world_size`` takes ``rank, rank + world_size, ...``: every index once, no padding."""
-
-    def __init__(self, num_samples: int, rank: int = 0, world_size: int = 1):
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} is not in 0..{world_size - 1}")
-        self.indices = range(rank, num_samples, world_size)
-
-    def __iter__(self):
-        return iter(self.indices)
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-
-class _Indexed(Dataset):
-    """``dataset[i]`` -> ``(i, image or None, label, error message or None)``: a bad image does not kill a worker."""
-
-    def __init__(self, dataset: Dataset):
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)  # type: ignore[arg-type]
-
-    def __getitem__(self, index: int):
-        try:
-            image, label = self.dataset[index]
-            return index, image, int(label), None
-        except ImageError as e:
-            samples = getattr(self.dataset, "samples", None)
-            label = samples[index][1] if samples is not None else -1
-            return index, None, int(label), str(e)
-
-
-def collate_indexed(batch: Sequence[tuple[int, Any, int, str | None]]):
-    """Stack the readable images; returns ``(indices, images, labels, bad)``, ``images`` uint8 ``(n, 3, H, W)``
-    (or what the items' ``collate`` makes of them), ``None`` when none could be read.
-
-    ``indices``/``labels`` cover the readable images only; ``bad`` lists ``(index, error message)`` of the others.
-    """
-    good = [b for b in batch if b[3] is None]
-    bad = [(b[0], b[3]) for b in batch if b[3] is not None]
-    indices = torch.tensor([b[0] for b in good], dtype=torch.long)
-    labels = torch.tensor([b[2] for b in good], dtype=torch.long)
-    images = None
-    if good:
-        # uint8 crops are stacked; items with a ``collate`` of their own (decoded images for the resize on the
-        # device, cspnet.data.resample) pack themselves; others (encoded JPEGs for nvJPEG, cspnet.fast) stay a list
-        items = [b[1] for b in good]
-        pack = getattr(type(items[0]), "collate", None)
-        images = torch.stack(items) if isinstance(items[0], torch.Tensor) else pack(items) if pack else items
-    return indices, images, labels, bad
-
-
-def build_eval_loader(
-    dataset: Dataset,
-    batch_size: int = 32,
-    num_workers: int | None = None,
-    rank: int | None = None,
-    world_size: int | None = None,
-    pin_memory: bool | None = None,
-) -> DataLoader:
-    """A loader for :func:`evaluate`: this rank's unpadded shard, in order, batches of ``collate_indexed``.
-
-    ``dataset[i]`` must return ``(uint8 tensor (3, H, W), label)``. ``num_workers`` defaults to one per CPU core
-    (shared among the processes of one machine under torchrun): Pillow decodes and resizes ~200 ImageNet JPEGs/s
-    per core, so fewer workers starve a GPU. ``pin_memory`` defaults to whether CUDA is available;
-    ``rank``/``world_size`` to the process group's.
-    """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    rank = get_rank() if rank is None else rank
-    world_size = get_world_size() if world_size is None else world_size
-    local_procs = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
-    workers = max(1, (os.cpu_count() or 1) // local_procs) if num_workers is None else num_workers
-    return DataLoader(
-        _Indexed(dataset),
-        batch_size=batch_size,
-        sampler=ShardSampler(len(dataset), rank, world_size),  # type: ignore[arg-type]
-        num_workers=workers,
-        collate_fn=collate_indexed,
-        pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
-        persistent_workers=False,
-    )
 
 
 def forward_batch(
@@ -167,6 +89,7 @@ def evaluate(
     *,
     device: str | torch.device | None = None,
     topk: Iterable[int] = (1, 5),
+    prefix: str = "accuracy",
     tta: bool = False,
     amp: bool = False,
     skip_bad: bool = False,
@@ -181,18 +104,17 @@ def evaluate(
 
     Args:
         model: ``(N, 3, H, W)`` normalised float -> logits ``(N, C)``; put in eval mode here.
-        loader: from :func:`build_eval_loader` (every rank builds its own shard's loader).
+        loader: from :func:`~cspnet.data.loader.build_eval_loader` (every rank builds its own shard's loader).
         transform: its ``normalize`` runs on the device, on each uint8 batch.
         device: where to run (default: the model's device).
-        topk: the k of each metric; a k larger than the number of classes is left out.
+        topk: the k of each metric (``{prefix}/top{k}``); a k larger than the number of classes is left out.
         skip_bad: count unreadable images out instead of failing; they are listed in ``skipped``.
         keep_predictions: also return per-sample ``predictions`` (path, label, pred_label, pred_score, top5).
         progress: a progress bar (images/s) on rank 0.
-        optimize, compile, cuda_graph: the fast path (:func:`cspnet.fast.optimize_for_inference`): BatchNorm
+        optimize, compile, cuda_graph: the fast path (:func:`cspnet.optimize.optimize_for_inference`): BatchNorm
             folded and channels_last by default (same results up to float rounding), bf16 weights with ``amp``.
         decode: turns a loader batch into uint8 ``(N, 3, H, W)`` on the device
-            (:class:`cspnet.data.resample.DeviceResize`: Pillow's resize on the device, exact;
-            :class:`cspnet.fast.GpuJpegDecoder`: nvJPEG); default: the batch is already that, moved to the device.
+            (:func:`cspnet.data.loader.input_path`'s ``on_device``: Pillow's resize on the device, or nvJPEG); default: the batch is already that, moved to the device.
 
     Every rank returns the same result.
 
@@ -203,13 +125,11 @@ def evaluate(
     """
     from tqdm import tqdm
 
-    dataset = loader.dataset.dataset if isinstance(loader.dataset, _Indexed) else loader.dataset
+    dataset = loader.dataset.dataset if isinstance(loader.dataset, Indexed) else loader.dataset
     dev = torch.device(device) if device is not None else next(model.parameters()).device
     model.eval()
     _check_labels(dataset, getattr(model, "num_classes", None))
     if optimize or compile or cuda_graph:
-        from ..fast import optimize_for_inference
-
         model = optimize_for_inference(model, fuse=optimize, channels_last=None if optimize else False,
                                        dtype=torch.bfloat16 if amp else None, compile=compile, cuda_graph=cuda_graph)
     rank, world = get_rank(), get_world_size()
@@ -267,7 +187,7 @@ def evaluate(
     for k in ks:
         if k <= num_classes:
             correct = hits[:, :k].any(axis=1) & merged["label_pos"]
-            metrics[f"accuracy/top{k}"] = 100.0 * float(correct.sum()) / len(correct)
+            metrics[f"{prefix}/top{k}"] = 100.0 * float(correct.sum()) / len(correct)
 
     predictions = None
     if keep_predictions:
@@ -277,3 +197,100 @@ def evaluate(
             for i, y, idx, s in zip(merged["index"], merged["label"], merged["top_idx"], merged["top_score"])
         ]
     return EvalResult(metrics, len(merged["index"]), len(dataset), skipped, predictions, seconds)  # type: ignore[arg-type]
+
+
+def build_for_test(spec: EvalSpec, checkpoint: weights.Pretrained, *, use_ema: bool | None = None,
+                   dataset_classes: tuple[str, ...] | None = None, **where) -> torch.nn.Module:
+    """The model of ``spec`` with the weights of ``checkpoint``, which must be the same model: a checkpoint whose
+    architecture, head width or class names differ from the config's is an error naming both (an evaluation never
+    re-heads, unlike fine-tuning)."""
+    found = weights.read(checkpoint, spec.model.arch, use_ema=use_ema, **where)
+    model, held = spec.model, found.spec
+    fix = f"set model.head.num_classes={found.num_classes} or test with the config it was trained with"
+    if found.num_classes != model.num_classes:
+        what = "has no head" if found.num_classes is None else f"has a {found.num_classes}-class head"
+        raise CheckpointError(f"{found.source} {what}, but the config builds {model.num_classes} classes: {fix}")
+    names = held.classes if held is not None else None
+    if names is not None and dataset_classes is not None and tuple(names) != tuple(dataset_classes):
+        raise CheckpointError(f"{found.source} was trained on classes {list(names)[:5]}..., the test set has "
+                              f"{list(dataset_classes)[:5]}...: the labels would not mean the same classes")
+    net = model.replace(classes=model.classes or names).build()
+    weights.load_state(net, found)
+    return net
+
+
+@dataclass
+class TestRun:
+    """What :func:`run_test` did: the :class:`EvalResult`, and ``summary``, the JSON-able record of the run
+    (config, checkpoint, dataset, eval settings, metrics) that ``--out`` and ``--work-dir`` receive."""
+
+    result: EvalResult
+    summary: dict[str, Any]
+
+
+def run_test(spec: EvalSpec, checkpoint: weights.Pretrained, dist: DistInfo, *, batch_size: int | None = None,
+             num_workers: int | None = None, resize: str = "auto", decode: str = "cpu", tta: bool = False,
+             amp: bool = False, skip_bad: bool = False, optimize: bool = True, compile: bool = False,
+             cuda_graph: bool = False, use_ema: bool | None = None, output: str | os.PathLike | None = None,
+             work_dir: str | os.PathLike | None = None, say: Callable[[str], None] = log.info, **where) -> TestRun:
+    """Evaluate ``checkpoint`` (a file, URL, True for the published weights, or a state dict) on ``spec``'s test set,
+    on ``dist.device`` (one process, or this rank's shard under torchrun). The arguments left None take the
+    config's value; ``tta``/``amp`` add to its ``tta_model``/``test_cfg.fp16``. ``output``: a JSON file of the
+    summary with per-image predictions; ``work_dir``: the summary, the resolved config and (with
+    :func:`~cspnet.engine.distributed.setup_logging`) the log. ``say`` (rank 0) receives the three lines that state
+    the model, the data and the eval setting before the pass. ``where``: see :func:`cspnet.weights.sources.resolve`.
+
+    Raises:
+        ConfigError, DatasetError, CheckpointError: bad input, before the pass (the data before the weights: a
+            wrong path fails in a second, not after a download).
+    """
+    inp = input_path(spec.model.eval, dist.device, resize, decode)
+    dataset = spec.data.build(transform=inp.read)
+    if spec.model.num_classes != dataset.num_classes:
+        raise ConfigError(f"the model predicts {spec.model.num_classes} classes (model.head.num_classes) but the test "
+                          f"set has {dataset.num_classes} ({dataset.source}); set model.head.num_classes or the "
+                          f"dataset's classes")
+    custom = tuple(dataset.classes) if spec.data.kind == "CustomDataset" else None
+    # rank 0 first: only one process downloads the checkpoint
+    model = rank0_first(lambda: build_for_test(spec, checkpoint, use_ema=use_ema, dataset_classes=custom, **where),
+                        "the checkpoint").to(dist.device)
+    batch = batch_size or spec.loader.batch_size
+    loader = build_eval_loader(dataset, batch, spec.loader.num_workers if num_workers is None else num_workers,
+                               dist.rank, dist.world_size, pin_memory=dist.device.type == "cuda"
+                               if spec.loader.pin_memory is None else spec.loader.pin_memory,
+                               persistent_workers=spec.loader.persistent_workers,
+                               prefetch_factor=spec.loader.prefetch_factor)
+    tta, amp, transform = tta or spec.tta, amp or spec.fp16, EvalTransform(spec.model.eval)
+    if dist.is_main:
+        say(f"model: {spec.model.arch} ({spec.source.file}), checkpoint: {checkpoint}")
+        say(f"data:  {dataset.describe()}")
+        say(f"eval:  {spec.model.eval.describe()}; {'bf16 autocast' if amp else 'fp32'}; "
+            f"{'flip TTA' if tta else 'no TTA'}; {dist.world_size} process(es) x batch {batch} on {dist.device.type}; "
+            f"{inp.describe}")
+    result = evaluate(model, loader, transform, device=dist.device, topk=spec.metrics.topk,
+                      prefix=spec.metrics.prefix, tta=tta, amp=amp, skip_bad=skip_bad,
+                      keep_predictions=output is not None, optimize=optimize, compile=compile, cuda_graph=cuda_graph,
+                      decode=inp.on_device)
+    preset = spec.model.eval
+    summary = {
+        "config": spec.source.file, "checkpoint": str(checkpoint), "model": spec.model.arch,
+        "dataset": {"root": dataset.root, "source": dataset.source, "layout": dataset.layout,
+                    "num_images": result.num_images, "num_classes": dataset.num_classes},
+        "eval": {"resize": preset.resize, "crop": preset.crop, "interpolation": preset.interpolation,
+                 "mean": list(preset.mean), "std": list(preset.std), "amp": amp, "tta": tta,
+                 "world_size": dist.world_size, "batch_size": batch},
+        "num_samples": result.num_samples,
+        "skipped": [{"path": p, "error": e} for p, e in result.skipped],
+        "metrics": result.metrics,
+    }
+    if dist.is_main and work_dir is not None:
+        stamp = time.strftime("%Y%m%d_%H%M%S")
+        _write_json(Path(work_dir) / f"test_{stamp}.json", summary)
+        spec.source.dump(work_dir)
+    if dist.is_main and output is not None:
+        _write_json(Path(output), {**summary, "predictions": result.predictions})
+    return TestRun(result, summary)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=1) + "\n", encoding="utf-8"))

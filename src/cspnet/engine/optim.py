@@ -1,8 +1,6 @@
-"""Optimizer, learning-rate schedule and weight EMA from mmpretrain-shaped config dicts.
+"""Optimizer, learning-rate schedule and weight EMA, from their specs (:mod:`cspnet.config.resolve`).
 
-``optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.1, momentum=0.9, weight_decay=1e-4),
-paramwise_cfg=dict(norm_decay_mult=0.0, bias_decay_mult=0.0))`` and ``param_scheduler=[dict(type='LinearLR', ...),
-dict(type='CosineAnnealingLR', ...)]`` mean what they mean in mmengine. The schedule is a pure function of the
+``optim_wrapper`` and ``param_scheduler`` mean what they mean in mmengine. The schedule is a pure function of the
 global step (:class:`LRSchedule`), so resuming needs nothing but the step: no scheduler state to drift.
 """
 
@@ -10,77 +8,46 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Any, Mapping, Sequence
+from typing import Sequence
 
 import torch
 from torch import nn
 
+from ..config import EmaSpec, OptimSpec, Scheduler
 from ..errors import ConfigError
 
-OPTIMIZERS = {
-    "SGD": torch.optim.SGD,
-    "AdamW": torch.optim.AdamW,
-    "Adam": torch.optim.Adam,
-    # torch's RMSprop, not timm's TF-style RMSpropTF (epsilon inside the sqrt) of the published RA recipe.
-    "RMSprop": torch.optim.RMSprop,
-}
+_INF = 10**18  # a range without an end
+
 _NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
-_PARAMWISE_KEYS = {"norm_decay_mult", "bias_decay_mult"}
 
 
-def _check_keys(section: str, given: Mapping, allowed: set[str]) -> None:
-    unknown = sorted(set(given) - allowed)
-    if unknown:
-        raise ConfigError(f"{section}: unknown key(s) {unknown}; allowed: {sorted(allowed)}")
-
-
-def param_groups(model: nn.Module, weight_decay: float, paramwise_cfg: Mapping[str, float] | None = None) -> list[dict]:
+def param_groups(model: nn.Module, weight_decay: float, norm_mult: float = 1.0, bias_mult: float = 1.0) -> list[dict]:
     """Trainable parameters in groups by weight decay (frozen ones are left out).
 
-    ``paramwise_cfg``: mmengine's ``norm_decay_mult`` (BatchNorm/GroupNorm/LayerNorm weights and biases) and
-    ``bias_decay_mult`` (other biases) multiply ``weight_decay``. Without it there is one group, as mmpretrain's
-    CSP configs (whose weight decay also hits BN and biases).
+    mmengine's ``norm_decay_mult`` (BatchNorm/GroupNorm/LayerNorm weights and biases) and ``bias_decay_mult`` (other
+    biases) multiply ``weight_decay``; both 1 (mmpretrain's CSP configs) give one group, whose weight decay also
+    hits BN and biases.
     """
-    paramwise_cfg = dict(paramwise_cfg or {})
-    _check_keys("optim_wrapper.paramwise_cfg", paramwise_cfg, _PARAMWISE_KEYS)
-    norm_mult = float(paramwise_cfg.get("norm_decay_mult", 1.0))
-    bias_mult = float(paramwise_cfg.get("bias_decay_mult", 1.0))
     groups: dict[float, list[nn.Parameter]] = {}
     for module in model.modules():
         for name, p in module.named_parameters(recurse=False):
-            if not p.requires_grad:
-                continue
-            if isinstance(module, _NORMS):
-                mult = norm_mult
-            elif name == "bias":
-                mult = bias_mult
-            else:
-                mult = 1.0
-            groups.setdefault(weight_decay * mult, []).append(p)
+            if p.requires_grad:
+                mult = norm_mult if isinstance(module, _NORMS) else bias_mult if name == "bias" else 1.0
+                groups.setdefault(weight_decay * mult, []).append(p)
     # a stable order (decay groups by value) so a resumed optimizer state maps onto the same groups
     return [{"params": ps, "weight_decay": wd} for wd, ps in sorted(groups.items(), reverse=True)]
 
 
-def build_optimizer(model: nn.Module, optim_wrapper: Mapping[str, Any], lr_scale: float = 1.0) -> torch.optim.Optimizer:
-    """The torch optimizer of ``optim_wrapper['optimizer']`` over ``model``'s trainable parameters.
-
-    ``lr_scale`` multiplies the configured ``lr`` (``--auto-scale-lr``). Each group's starting ``lr`` is kept as
-    ``initial_lr``, the value :class:`LRSchedule` scales.
-    """
-    cfg = dict(optim_wrapper.get("optimizer") or {})
-    kind = cfg.pop("type", "SGD")
-    if kind not in OPTIMIZERS:
-        raise ConfigError(f"optim_wrapper.optimizer.type={kind!r} is not supported; choose from {sorted(OPTIMIZERS)}")
-    if "lr" not in cfg:
-        raise ConfigError("optim_wrapper.optimizer needs an 'lr'")
-    cfg["lr"] = float(cfg["lr"]) * lr_scale
-    weight_decay = float(cfg.pop("weight_decay", 0.0))
-    groups = param_groups(model, weight_decay, optim_wrapper.get("paramwise_cfg"))
+def build_optimizer(model: nn.Module, spec: OptimSpec, lr_scale: float = 1.0) -> torch.optim.Optimizer:
+    """``torch.optim.<spec.kind>`` over ``model``'s trainable parameters. ``lr_scale`` multiplies the configured
+    ``lr`` (``--auto-scale-lr``); each group's starting ``lr`` is kept as ``initial_lr``, what :class:`LRSchedule`
+    scales."""
+    groups = param_groups(model, spec.weight_decay, spec.norm_decay_mult, spec.bias_decay_mult)
     if not groups:
         raise ConfigError("the model has no trainable parameters (are all stages frozen?)")
     try:
-        optimizer = OPTIMIZERS[kind](groups, **cfg)
-    except TypeError as e:
+        optimizer = getattr(torch.optim, spec.kind)(groups, lr=spec.lr * lr_scale, **dict(spec.args))
+    except (TypeError, ValueError) as e:
         raise ConfigError(f"optim_wrapper.optimizer: {e}") from None
     for g in optimizer.param_groups:
         g["initial_lr"] = g["lr"]
@@ -90,85 +57,35 @@ def build_optimizer(model: nn.Module, optim_wrapper: Mapping[str, Any], lr_scale
 # --------------------------------------------------------------------------------------------------------------
 # Learning-rate schedule
 # --------------------------------------------------------------------------------------------------------------
-_SCHEDULERS = {
-    "LinearLR": {"start_factor", "end_factor"},
-    "ConstantLR": {"factor"},
-    "MultiStepLR": {"milestones", "gamma"},
-    "StepLR": {"step_size", "gamma"},
-    "CosineAnnealingLR": {"T_max", "eta_min", "eta_min_ratio"},
-}
-_COMMON = {"type", "by_epoch", "begin", "end", "convert_to_iter_based"}
-_INF = 10**9  # mmengine's "no end"
-
-
 class LRSchedule:
     """mmengine's param schedulers as a closed-form function of the global optimizer step.
 
-    Each entry acts on steps ``[begin, end)`` (epochs when ``by_epoch``; ``convert_to_iter_based=True`` updates
-    every iteration instead of at epoch boundaries) and, as mmengine's chained schedulers, keeps its last value
-    after ``end``. Entries apply in list order. ``MultiStepLR`` milestones and ``StepLR`` steps count from
-    ``begin``, as in mmengine. The closed form equals mmengine's recursive one when ranges do not overlap (the
+    Each :class:`~cspnet.config.Scheduler` acts on steps ``[begin, end)`` and, as mmengine's chained schedulers,
+    keeps its last value after ``end``. Entries apply in order. ``MultiStepLR`` milestones and ``StepLR`` steps count
+    from ``begin``, as in mmengine. The closed form equals mmengine's recursive one when ranges do not overlap (the
     usual warmup-then-decay chain); with overlapping ranges each entry multiplies the result of the earlier ones.
 
     Args:
-        param_scheduler: a dict or list of dicts (``type`` in ``LinearLR``, ``ConstantLR``, ``MultiStepLR``,
-            ``StepLR``, ``CosineAnnealingLR``).
+        schedule: the entries (``param_scheduler``).
         iters_per_epoch: optimizer steps per epoch.
     """
 
-    def __init__(self, param_scheduler: Mapping | Sequence[Mapping] | None, iters_per_epoch: int):
-        if param_scheduler is None:
-            param_scheduler = []
-        elif isinstance(param_scheduler, Mapping):
-            param_scheduler = [param_scheduler]
+    def __init__(self, schedule: Sequence[Scheduler], iters_per_epoch: int):
         self.iters_per_epoch = max(1, int(iters_per_epoch))
-        self.entries = [self._parse(i, dict(s)) for i, s in enumerate(param_scheduler)]
+        self.entries = list(schedule)
 
-    def _parse(self, i: int, s: dict) -> dict:
-        where = f"param_scheduler[{i}]"
-        kind = s.get("type")
-        if kind not in _SCHEDULERS:
-            raise ConfigError(f"{where}.type={kind!r} is not supported; choose from {sorted(_SCHEDULERS)}")
-        _check_keys(where, s, _COMMON | _SCHEDULERS[kind])
-        by_epoch = bool(s.get("by_epoch", True))
-        # unit: optimizer steps per schedule step; per_iter: the value changes every iteration
-        unit = self.iters_per_epoch if by_epoch else 1
-        per_iter = not by_epoch or bool(s.get("convert_to_iter_based", False))
-        begin, end = int(s.get("begin", 0)), s.get("end", _INF)
-        end = _INF if end is None or end >= _INF else int(end)
-        if end <= begin:
-            raise ConfigError(f"{where}: end={end} must be larger than begin={begin}")
-        e = {"type": kind, "unit": unit, "per_iter": per_iter, "begin": begin * unit,
-             "end": end * unit if end < _INF else _INF}
-        if kind in ("LinearLR", "ConstantLR"):
-            if end >= _INF:
-                raise ConfigError(f"{where}: {kind} needs an 'end'")
-            e["start"] = float(s.get("start_factor", s.get("factor", 1 / 3)))
-            e["stop"] = float(s.get("end_factor", 1.0)) if kind == "LinearLR" else e["start"]
-        elif kind == "MultiStepLR":
-            e["milestones"] = sorted(int(m) * unit for m in s.get("milestones", ()))
-            e["gamma"] = float(s.get("gamma", 0.1))
-        elif kind == "StepLR":
-            if "step_size" not in s:
-                raise ConfigError(f"{where}: StepLR needs 'step_size'")
-            e["step_size"] = int(s["step_size"]) * unit
-            e["gamma"] = float(s.get("gamma", 0.1))
-        else:  # CosineAnnealingLR
-            t_max = s.get("T_max", (end - begin) if end < _INF else None)
-            if t_max is None:
-                raise ConfigError(f"{where}: CosineAnnealingLR needs 'T_max' or an 'end'")
-            e["t_max"] = int(t_max) * unit
-            e["eta_min"], e["eta_min_ratio"] = float(s.get("eta_min", 0.0)), s.get("eta_min_ratio")
-        return e
+    def _range(self, e: Scheduler) -> tuple[int, int, int]:
+        """``(unit, begin, end)`` in optimizer steps; ``unit`` is the steps per schedule step."""
+        unit = self.iters_per_epoch if e.by_epoch else 1
+        return unit, e.begin * unit, e.end * unit if e.end is not None else _INF
 
-    def _local(self, e: dict, step: int) -> int | None:
+    def _local(self, e: Scheduler, step: int) -> int | None:
         """Steps since ``begin``, clamped to the range's last step; None before ``begin``."""
-        if step < e["begin"]:
+        unit, begin, end = self._range(e)
+        if step < begin:
             return None
-        k = min(step, e["end"] - 1) - e["begin"]
-        if not e["per_iter"]:
-            k -= k % e["unit"]  # epoch-based: the value changes only at epoch boundaries
-        return k
+        k = min(step, end - 1) - begin
+        return k if e.per_iter else k - k % unit  # epoch-based: the value changes only at epoch boundaries
 
     def lr(self, step: int, base_lr: float) -> float:
         """The learning rate at optimizer step ``step`` (0-based) for a group whose configured lr is ``base_lr``."""
@@ -177,20 +94,20 @@ class LRSchedule:
             k = self._local(e, step)
             if k is None:
                 continue
-            kind = e["type"]
-            if kind in ("LinearLR", "ConstantLR"):
-                total = e["end"] - e["begin"] - (1 if e["per_iter"] else e["unit"])
-                if kind == "ConstantLR":  # mmengine: factor until the last step of the range, then 1
-                    lr *= e["start"] if k < total else 1.0
+            unit, begin, end = self._range(e)
+            if e.kind in ("LinearLR", "ConstantLR"):
+                total = end - begin - (1 if e.per_iter else unit)
+                if e.kind == "ConstantLR":  # mmengine: factor until the last step of the range, then 1
+                    lr *= e.start if k < total else 1.0
                 else:
-                    lr *= e["start"] + (e["stop"] - e["start"]) * (k / total if total > 0 else 1.0)
-            elif kind == "MultiStepLR":
-                lr *= e["gamma"] ** sum(k >= m for m in e["milestones"])
-            elif kind == "StepLR":
-                lr *= e["gamma"] ** (k // e["step_size"])
+                    lr *= e.start + (e.stop - e.start) * (k / total if total > 0 else 1.0)
+            elif e.kind == "MultiStepLR":
+                lr *= e.gamma ** sum(k >= m * unit for m in e.steps)
+            elif e.kind == "StepLR":
+                lr *= e.gamma ** (k // (e.steps[0] * unit))
             else:
-                eta_min = e["eta_min_ratio"] * base_lr if e["eta_min_ratio"] is not None else e["eta_min"]
-                lr = eta_min + (lr - eta_min) * (1 + math.cos(math.pi * k / e["t_max"])) / 2
+                eta_min = e.eta_min_ratio * base_lr if e.eta_min_ratio is not None else e.eta_min
+                lr = eta_min + (lr - eta_min) * (1 + math.cos(math.pi * k / (e.t_max * unit))) / 2
         return lr
 
     def apply(self, optimizer: torch.optim.Optimizer, step: int) -> float:
@@ -209,11 +126,10 @@ class ModelEma:
     statistics and other buffers are copied from the model, or averaged too with ``update_buffers``. mmengine's
     default ``momentum`` 2e-4 is timm's ``decay`` 0.9998."""
 
-    def __init__(self, model: nn.Module, momentum: float, interval: int = 1, update_buffers: bool = False,
-                 begin_iter: int = 0, begin_epoch: int = 0, **_):
+    def __init__(self, model: nn.Module, spec: EmaSpec):
         self.module = copy.deepcopy(model).eval().requires_grad_(False)
-        self.momentum, self.interval, self.update_buffers = momentum, interval, update_buffers
-        self.begin_iter, self.begin_epoch = begin_iter, begin_epoch
+        self.momentum, self.interval, update_buffers = spec.momentum, spec.interval, spec.update_buffers
+        self.begin_iter, self.begin_epoch = spec.begin_iter, spec.begin_epoch
         self.steps = 0  # updates since the start, as mmengine's counter (the first one copies)
         params = {name for name, _ in self.module.named_parameters()}
         state = self.module.state_dict()

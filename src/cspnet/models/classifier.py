@@ -34,9 +34,9 @@ class ClassifierHead(nn.Module):
 class ImageClassifier(nn.Module):
     """A CSPNet classifier. ``model(x)``: ``(N, 3, H, W)`` float, normalised -> logits ``(N, num_classes)``.
 
-    The state dict holds ``backbone.*`` (timm's names) and ``head.fc.*``. Attributes set by
-    :func:`cspnet.get_model`: ``weights`` (the :class:`~cspnet.zoo.WeightsInfo` of the loaded checkpoint or
-    the architecture's default record), ``classes`` (class names or None) and ``transform`` (its eval preprocessing).
+    The state dict holds ``backbone.*`` (timm's names) and ``head.fc.*``. Attributes set from its
+    :class:`~cspnet.models.ModelSpec` (:func:`cspnet.get_model`): ``name`` (the weights' or run's name),
+    ``classes`` (class names or None) and ``transform`` (its eval preprocessing).
 
     Args:
         arch: architecture or its name.
@@ -52,7 +52,7 @@ class ImageClassifier(nn.Module):
             raise InvalidOptionError(f"num_classes={num_classes!r} must be a non-negative integer")
         self.backbone = CSPNet(arch, **backbone_kwargs)
         self.head = ClassifierHead(self.backbone.num_features, num_classes, drop_rate)
-        self.weights = None
+        self.name = self.backbone.arch.name
         self.classes: Sequence[str] | None = None
         self.transform = None
 

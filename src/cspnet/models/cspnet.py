@@ -298,7 +298,7 @@ class CSPNet(nn.Module):
             raise InvalidOptionError(f"frozen_stages={frozen_stages!r} is out of range: use -1 (none) to {n - 1}")
         if not 0.0 <= float(drop_path_rate) < 1.0:
             raise InvalidOptionError(f"drop_path_rate={drop_path_rate!r} must be in [0, 1)")
-        self.arch = arch
+        self.arch, self.name = arch, arch.name
         self.out_indices = _resolve_out_indices(out_indices, n)
         self.frozen_stages = frozen_stages
         self.norm_eval = bool(norm_eval)
@@ -387,6 +387,31 @@ class CSPNet(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """``(N, 3, H, W)`` -> tuple of ``(N, C_i, H/s_i, W/s_i)``, one per ``out_indices`` (see :attr:`feature_info`)."""
         return tuple(self.forward_stages(x, self.out_indices))
+
+
+def _conv_norm_shapes(path: str, in_chs: int, out_chs: int, kernel: int, groups: int = 1) -> dict[str, tuple]:
+    bn = {f"{path}.bn.{n}": (out_chs,) for n in ("weight", "bias", "running_mean", "running_var")}
+    return {f"{path}.conv.weight": (out_chs, in_chs // groups, kernel, kernel), **bn, f"{path}.bn.num_batches_tracked": ()}
+
+
+def param_shapes(arch: CSPArch, in_chans: int = 3) -> dict[str, tuple[int, ...]]:
+    """``{state-dict key: shape}`` of :class:`CSPNet` in module order, from the table alone: what a checkpoint must
+    hold, without building a module (``tests/test_models.py`` checks it against built ones)."""
+    shapes = _conv_norm_shapes("stem.conv1", in_chans, arch.stem_chs, arch.stem_kernel)
+    for i, s in enumerate(arch.stages()):
+        stage = f"stages.{i}"
+        if s.stride != 1:
+            shapes |= _conv_norm_shapes(f"{stage}.conv_down", s.in_chs, s.down_chs, 3, s.groups)
+        shapes |= _conv_norm_shapes(f"{stage}.conv_exp", s.down_chs, s.exp_chs, 1)
+        # DarkBlock: 1x1 then grouped 3x3; BottleneckBlock: 1x1, grouped 3x3, 1x1
+        convs = [(s.block_chs, s.mid_chs, 1), (s.mid_chs, s.block_chs if s.block == "dark" else s.mid_chs, 3)]
+        convs += [(s.mid_chs, s.block_chs, 1)] if s.block == "bottle" else []
+        for j in range(s.depth):
+            for n, (cin, cout, k) in enumerate(convs, 1):
+                shapes |= _conv_norm_shapes(f"{stage}.blocks.{j}.conv{n}", cin, cout, k, s.groups if k == 3 else 1)
+        shapes |= _conv_norm_shapes(f"{stage}.conv_transition_b", s.block_chs, s.exp_chs // 2, 1)
+        shapes |= _conv_norm_shapes(f"{stage}.conv_transition", s.exp_chs, s.out_chs, 1)
+    return shapes
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import json
 import os
 import pickle
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -18,9 +19,11 @@ import torch
 
 from .._io import atomic_write
 from ..errors import CheckpointError
+from ..spec import ModelSpec
 
 # Containers in which training scripts nest the weights, most specific first. EMA weights are preferred, as timm's
-# validate.py --use-ema and mmpretrain's EMA hook do for evaluation, only when asked (see read_state_dict).
+# validate.py --use-ema and mmpretrain's EMA hook do for evaluation, when asked or when the run chose its best
+# epoch by them (see read_weights).
 _WRAPPERS = ("state_dict", "model", "module", "net")
 _EMA_WRAPPERS = ("ema", "state_dict_ema", "model_ema", "ema_state_dict")
 # Prefixes added by DataParallel/DDP and torch.compile.
@@ -107,41 +110,65 @@ def _is_tensor_dict(obj: Mapping) -> bool:
     return bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
 
 
-def read_state_dict(path: str | os.PathLike, prefer_ema: bool = False) -> tuple[dict[str, torch.Tensor], dict]:
-    """``(state_dict, meta)`` from any checkpoint file; ``meta`` holds e.g. ``classes`` when the file has them."""
-    obj, meta = read_checkpoint(path)
-    sd = extract_state_dict(obj, source=f"checkpoint {str(path)!r}", prefer_ema=prefer_ema)
-    info: dict = {}
-    if "classes" in meta:  # our safetensors metadata stores JSON strings
-        info["classes"] = json.loads(meta["classes"])
-    if isinstance(obj, Mapping) and isinstance(obj.get("meta"), Mapping):  # mmpretrain 1.x / mmcls 0.x
-        m = obj["meta"]
-        classes = (m.get("dataset_meta") or {}).get("classes") if isinstance(m.get("dataset_meta"), Mapping) else None
-        classes = classes or m.get("CLASSES")
-        if classes:
-            info["classes"] = list(classes)
-    return sd, info
+@dataclass(frozen=True)
+class WeightsFile:
+    """One weights file, read: its state dict (in the file's layout) and what the file says about its model.
+
+    ``spec``: the :class:`~cspnet.models.ModelSpec` cspnet recorded (None for other files); ``classes``: class names
+    from an mmpretrain ``meta`` (when there is no spec); ``ema``: whether the EMA weights were taken.
+    """
+
+    path: Path
+    state_dict: dict[str, torch.Tensor]
+    spec: ModelSpec | None
+    classes: tuple[str, ...] | None
+    ema: bool
 
 
-def save_state_dict(
-    state_dict: Mapping[str, torch.Tensor], path: str | os.PathLike, layout: str, metadata: Mapping[str, Any] | None = None
-) -> Path:
-    """Write a state dict atomically: ``.safetensors`` (flat, metadata as JSON strings) or a torch file.
+def read_weights(path: str | os.PathLike, use_ema: bool | None = None) -> WeightsFile:
+    """Read any weights file. ``use_ema``: True takes the EMA weights (an error if there are none); None takes them
+    when the file's training run selected its best epoch by the EMA's accuracy; False never."""
+    obj, header = read_checkpoint(path)
+    source = f"checkpoint {str(path)!r}"
+    meta = obj.get("meta") if isinstance(obj, Mapping) else None
+    meta = meta if isinstance(meta, Mapping) else {}
+    has_ema = isinstance(obj, Mapping) and any(isinstance(obj.get(k), Mapping) for k in _EMA_WRAPPERS)
+    if use_ema and not has_ema:
+        raise CheckpointError(f"{source} holds no EMA weights (keys {list(obj)[:8] if isinstance(obj, Mapping) else []}); "
+                              f"drop use_ema / --ema to load its weights")
+    if use_ema is None:
+        best = obj.get("best") if has_ema else None
+        use_ema = isinstance(best, Mapping) and best.get("metric") == "ema_top1"
+    sd = extract_state_dict(obj, source=source, prefer_ema=bool(use_ema))
+    try:
+        spec_meta = json.loads(header["spec"]) if "spec" in header else meta.get("spec")
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{source}: its 'spec' metadata is not JSON ({e})") from None
+    spec = ModelSpec.from_meta(spec_meta, source) if spec_meta is not None else None
+    dataset_meta = meta.get("dataset_meta") if isinstance(meta.get("dataset_meta"), Mapping) else {}
+    classes = dataset_meta.get("classes") or meta.get("CLASSES")  # mmpretrain 1.x / mmcls 0.x
+    if classes is not None and not (isinstance(classes, (list, tuple)) and all(isinstance(c, str) for c in classes)):
+        raise CheckpointError(f"{source}: meta.dataset_meta.classes must be a list of class names, got {classes!r:.80}")
+    return WeightsFile(Path(path), sd, spec, tuple(classes) if classes else None, bool(use_ema))
 
-    A torch file in the mmpretrain layout is wrapped as ``{'state_dict': ..., 'meta': {...}}`` like mmpretrain's
-    published checkpoints; the others are saved flat, like timm's.
+
+def save_state_dict(state_dict: Mapping[str, torch.Tensor], path: str | os.PathLike, layout: str,
+                    spec: ModelSpec | None = None) -> Path:
+    """Write a state dict atomically: ``.safetensors`` (the spec as JSON metadata) or a torch file.
+
+    A torch file is saved flat (as timm's) when there is no spec; else as ``{'state_dict': ..., 'meta': {'spec':
+    ...}}``, which timm and mmpretrain both read (mmpretrain's layout always has this shape, with
+    ``meta.dataset_meta.classes`` as mmpretrain's published checkpoints).
     """
     path = Path(path)
     tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
-    meta = dict(metadata or {})
     if path.suffix == ".safetensors":
         from safetensors.torch import save_file
 
-        header = {"format": "pt", "layout": layout, **{k: json.dumps(v) for k, v in meta.items()}}
+        header = {"format": "pt", "layout": layout, **({"spec": json.dumps(spec.to_meta())} if spec else {})}
         return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=header))
-    if layout == "mmpretrain":
-        mm_meta = {"dataset_meta": {"classes": list(meta["classes"])}} if meta.get("classes") else {}
-        obj: Any = {"state_dict": tensors, "meta": mm_meta}
-    else:
-        obj = tensors
+    meta: dict[str, Any] = {"spec": spec.to_meta()} if spec else {}
+    if layout == "mmpretrain" and spec is not None and spec.classes is not None:
+        meta["dataset_meta"] = {"classes": list(spec.classes)}
+    obj: Any = {"state_dict": tensors, "meta": meta} if meta or layout == "mmpretrain" else tensors
     return atomic_write(path, lambda tmp: torch.save(obj, tmp))

@@ -19,7 +19,7 @@ from typing import Mapping
 import torch
 
 from ..errors import CheckpointError
-from ..models.cspnet import ARCHS, CSPArch, CSPNet, get_arch
+from ..models.cspnet import ARCHS, CSPArch, get_arch, param_shapes
 
 LAYOUTS = ("cspnet", "timm", "mmpretrain")
 HEAD_KEYS = ("head.fc.weight", "head.fc.bias")
@@ -40,10 +40,8 @@ _MM_FLAT_BLOCKS = {"bottle": True, "dark": False}
 
 @functools.lru_cache(maxsize=None)
 def backbone_spec(arch: CSPArch) -> dict[str, tuple[int, ...]]:
-    """``{cspnet key: shape}`` of the backbone in model order, built on the meta device (no memory, no init)."""
-    with torch.device("meta"):
-        model = CSPNet(arch)
-    return {f"backbone.{k}": tuple(v.shape) for k, v in model.state_dict().items()}
+    """``{cspnet key: shape}`` of the backbone in model order (from the architecture table: no module is built)."""
+    return {f"backbone.{k}": shape for k, shape in param_shapes(arch).items()}
 
 
 def _to_mmpretrain_key(key: str, arch: CSPArch) -> str:

@@ -27,7 +27,7 @@ import sys
 import urllib.error
 import urllib.parse
 import urllib.request
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -193,84 +193,114 @@ def local_names(weights_name: str, sources: Sequence[HubFile | UrlFile]) -> list
     return list(dict.fromkeys(names))
 
 
-def resolve(
-    weights_name: str,
-    sources: Sequence[HubFile | UrlFile],
-    *,
-    weights_dir: str | os.PathLike | None = None,
-    cache_dir: str | os.PathLike | None = None,
-    mirror: str | None = None,
-    offline: bool | None = None,
-    url_mapping: tuple[str, str] | None = None,
-) -> Path:
-    """Find or fetch the file of a checkpoint (its layout is detected from its keys when loaded).
+@dataclass
+class Search:
+    """One :func:`resolve` call: what is asked for, where to look, and what each source said (``tried``)."""
 
-    ``url_mapping=(pattern, replacement)`` rewrites the original URLs with ``re.sub`` before use (mmpretrain's
-    ``get_model(url_mapping=...)``), e.g. to a proxy; the hash is then read from the rewritten file name.
+    weights_name: str
+    sources: Sequence[HubFile | UrlFile]
+    weights_dir: str | os.PathLike | None = None
+    cache_dir: str | os.PathLike | None = None
+    mirror: str | None = None
+    offline: bool | None = None
+    url_mapping: tuple[str, str] | None = None
+    tried: list[str] = field(default_factory=list)
 
-    Raises:
-        WeightsNotFoundError: listing every source tried, why it failed, and how to provide the file.
-    """
-    offline = is_offline(offline)
-    tried: list[str] = []
-    names = local_names(weights_name, sources)
+    def __post_init__(self):
+        self.offline = is_offline(self.offline)
+        self.mirror = self.mirror or os.environ.get("CSPNET_MIRROR")
+        self.cache = default_cache_dir(self.cache_dir)
+        self.published = [s for s in self.sources if isinstance(s, UrlFile)]
+        self.hub = [s for s in self.sources if isinstance(s, HubFile)]
+        # url_mapping=(pattern, replacement) rewrites the original URLs (mmpretrain's get_model(url_mapping=...))
+        mapping = self.url_mapping
+        self.urls = [replace(s, url=re.sub(*mapping, s.url)) for s in self.published] if mapping else self.published
 
-    folders = [Path(weights_dir).expanduser()] if weights_dir else []
+
+# The sources, in the order they are tried: each returns a file or None, saying why in ``search.tried``.
+def from_weights_folders(search: Search) -> Path | None:
+    folders = [Path(search.weights_dir).expanduser()] if search.weights_dir else []
     folders += [Path(p).expanduser() for p in os.environ.get("CSPNET_WEIGHTS_DIR", "").split(os.pathsep) if p]
+    names = local_names(search.weights_name, search.sources)
     for folder in folders:
         for name in names:
             p = folder / name
             if p.is_file():
                 if _verified(p, hash_prefix_of(p.name)):
                     return p
-                tried.append(f"{p}: sha256 does not match its name; ignored")
-        tried.append(f"weights folder {folder}: none of {', '.join(names)}")
+                search.tried.append(f"{p}: sha256 does not match its name; ignored")
+        search.tried.append(f"weights folder {folder}: none of {', '.join(names)}")
+    return None
 
-    cache = default_cache_dir(cache_dir)
-    published = [s for s in sources if isinstance(s, UrlFile)]
-    url_sources = [replace(s, url=re.sub(*url_mapping, s.url)) for s in published] if url_mapping else published
-    for s in url_sources:
-        for folder in (cache, _torch_hub_checkpoints()):
+
+def from_download_caches(search: Search) -> Path | None:
+    for s in search.urls:
+        for folder in (search.cache, _torch_hub_checkpoints()):
             p = folder / s.filename
             if p.is_file():
                 if _verified(p, s.sha256_prefix):
                     return p
-                tried.append(f"{p}: cached file fails its sha256 check; ignored")
-    tried.append(f"download caches {cache} and {_torch_hub_checkpoints()}: no file")
+                search.tried.append(f"{p}: cached file fails its sha256 check; ignored")
+    search.tried.append(f"download caches {search.cache} and {_torch_hub_checkpoints()}: no file")
+    return None
 
-    mirror = mirror or os.environ.get("CSPNET_MIRROR")
-    if mirror and not offline:
-        for s in published:  # a mirror serves the published file names
-            url = mirror.rstrip("/") + "/" + s.filename
-            try:
-                return download(url, cache / s.filename, s.sha256_prefix)
-            except DownloadError as e:
-                tried.append(f"mirror: {e}")
-        for s in (s for s in sources if isinstance(s, HubFile)):
-            url = f"{mirror.rstrip('/')}/{weights_name}.safetensors"
-            try:
-                return download(url, cache / f"{weights_name}.safetensors")
-            except DownloadError as e:
-                tried.append(f"mirror: {e}")
 
-    for s in (s for s in sources if isinstance(s, HubFile)):
+def from_mirror(search: Search) -> Path | None:
+    if not search.mirror or search.offline:
+        return None
+    base = search.mirror.rstrip("/")
+    # a mirror serves the published file names, or <weights name>.safetensors for the Hub's files
+    wanted = [(f"{base}/{s.filename}", s.filename, s.sha256_prefix) for s in search.published]
+    if search.hub:
+        wanted.append((f"{base}/{search.weights_name}.safetensors", f"{search.weights_name}.safetensors", None))
+    for url, name, sha in wanted:
         try:
-            return _fetch_from_hub(s, offline)
+            return download(url, search.cache / name, sha)
+        except DownloadError as e:
+            search.tried.append(f"mirror: {e}")
+    return None
+
+
+def from_hub(search: Search) -> Path | None:
+    for s in search.hub:
+        try:
+            return _fetch_from_hub(s, bool(search.offline))
         except Exception as e:  # huggingface_hub raises many types: offline, HTTP, connection, auth
             msg = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
-            tried.append(f"{s.describe()}{' (offline: local Hub cache only)' if offline else ''}: {msg}")
+            search.tried.append(f"{s.describe()}{' (offline: local Hub cache only)' if search.offline else ''}: {msg}")
+    return None
 
-    for s in url_sources:
-        if offline:
-            tried.append(f"{s.url}: skipped (offline)")
+
+def from_original_urls(search: Search) -> Path | None:
+    for s in search.urls:
+        if search.offline:
+            search.tried.append(f"{s.url}: skipped (offline)")
             continue
         try:
-            return download(s.url, cache / s.filename, s.sha256_prefix)
+            return download(s.url, search.cache / s.filename, s.sha256_prefix)
         except DownloadError as e:
-            tried.append(str(e))
+            search.tried.append(str(e))
+    return None
 
-    lines = "\n".join(f"  - {t}" for t in tried)
-    files = ", ".join(names)
+
+SOURCES = (from_weights_folders, from_download_caches, from_mirror, from_hub, from_original_urls)
+
+
+def resolve(weights_name: str, sources: Sequence[HubFile | UrlFile], **where) -> Path:
+    """Find or fetch the file of a checkpoint from the first of :data:`SOURCES` that has it (its layout is detected
+    from its keys when loaded). ``where``: ``weights_dir``, ``cache_dir``, ``mirror``, ``offline``, ``url_mapping``
+    (the fields of :class:`Search`).
+
+    Raises:
+        WeightsNotFoundError: listing every source tried, why it failed, and how to provide the file.
+    """
+    search = Search(weights_name, sources, **where)
+    for source in SOURCES:
+        path = source(search)
+        if path is not None:
+            return path
+    lines = "\n".join(f"  - {t}" for t in search.tried)
+    files = ", ".join(local_names(weights_name, sources))
     raise WeightsNotFoundError(
         f"no source could provide the weights of {weights_name}. Tried:\n{lines}\n"
         f"To provide them: pass pretrained='/path/to/file' (any of the timm, mmpretrain or cspnet layouts), or put "
@@ -278,3 +308,19 @@ def resolve(
         f"$CSPNET_MIRROR to a server holding it, or fill the Hugging Face cache on a connected machine "
         f"(`cspnet download {weights_name}`) and copy it over."
     )
+
+
+def is_url(s: str) -> bool:
+    return urllib.parse.urlparse(s).scheme in ("http", "https", "file")
+
+
+def fetch_url(url: str, weights_name: str, sources: Sequence[HubFile | UrlFile], **where) -> Path:
+    """A URL the user gave: one of the record's own URLs goes through every source (mirror, Hub, ...); any other
+    is downloaded into the cache (``where`` as for :func:`resolve`)."""
+    if any(isinstance(s, UrlFile) and s.url == url for s in sources):
+        return resolve(weights_name, sources, **where)
+    name = Path(urllib.parse.urlparse(url).path).name or "checkpoint.pth"
+    dst = default_cache_dir(where.get("cache_dir")) / name
+    if dst.is_file():
+        return dst
+    return download(url, dst, hash_prefix_of(name))

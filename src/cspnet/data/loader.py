@@ -1,0 +1,161 @@
+"""Data loaders for evaluation and prediction, and the one place that decides where eval preprocessing runs.
+
+:func:`build_eval_loader`: every image once, in order, across processes (:class:`ShardSampler` never pads), a bad
+image reported instead of killing a worker. :func:`input_path`: the loader workers' half and the device's half of
+the exact eval preprocessing (Pillow in the workers, or decode there and resize on the device, or nvJPEG).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from ..errors import ImageError, InvalidOptionError
+from .resample import FILTERS, DecodeForResize, DeviceResize
+from .transforms import EvalPreset, EvalTransform
+
+
+class ShardSampler(Sampler[int]):
+    """Rank ``rank`` of ``world_size`` takes ``rank, rank + world_size, ...``: every index once, no padding."""
+
+    def __init__(self, num_samples: int, rank: int = 0, world_size: int = 1):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in 0..{world_size - 1}")
+        self.indices = range(rank, num_samples, world_size)
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+class Indexed(Dataset):
+    """``dataset[i]`` -> ``(i, image or None, label, error message or None)``: a bad image does not kill a worker."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int):
+        try:
+            image, label = self.dataset[index]
+            return index, image, int(label), None
+        except ImageError as e:
+            samples = getattr(self.dataset, "samples", None)
+            label = samples[index][1] if samples is not None else -1
+            return index, None, int(label), str(e)
+
+
+def collate_indexed(batch: Sequence[tuple[int, Any, int, str | None]]):
+    """Stack the readable images; returns ``(indices, images, labels, bad)``, ``images`` uint8 ``(n, 3, H, W)``
+    (or what the items' ``collate`` makes of them), ``None`` when none could be read.
+
+    ``indices``/``labels`` cover the readable images only; ``bad`` lists ``(index, error message)`` of the others.
+    """
+    good = [b for b in batch if b[3] is None]
+    bad = [(b[0], b[3]) for b in batch if b[3] is not None]
+    indices = torch.tensor([b[0] for b in good], dtype=torch.long)
+    labels = torch.tensor([b[2] for b in good], dtype=torch.long)
+    images = None
+    if good:
+        # uint8 crops are stacked; items with a ``collate`` of their own (decoded images for the resize on the
+        # device, cspnet.data.resample) pack themselves; others (encoded JPEGs for nvJPEG, cspnet.fast) stay a list
+        items = [b[1] for b in good]
+        pack = getattr(type(items[0]), "collate", None)
+        images = torch.stack(items) if isinstance(items[0], torch.Tensor) else pack(items) if pack else items
+    return indices, images, labels, bad
+
+
+def worker_count(wanted: int | None = None) -> int:
+    """Loader processes for this process: ``wanted`` (default: all), at most its share of the CPU cores (the
+    processes of a machine under torchrun share them). More workers than cores only queue."""
+    if wanted is not None and wanted < 0:
+        raise InvalidOptionError(f"num_workers must be 0 or more, got {wanted}")
+    share = max(1, (os.cpu_count() or 1) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
+    return share if wanted is None else min(wanted, share)
+
+
+def build_eval_loader(
+    dataset: Dataset,
+    batch_size: int = 32,
+    num_workers: int | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+    pin_memory: bool | None = None,
+    persistent_workers: bool = False,
+    prefetch_factor: int | None = None,
+) -> DataLoader:
+    """A loader for :func:`cspnet.engine.evaluate.evaluate`: rank ``rank``'s unpadded shard of ``world_size``, in
+    order, batches of :func:`collate_indexed`.
+
+    ``dataset[i]`` must return ``(uint8 tensor (3, H, W), label)``. ``num_workers`` defaults to one per CPU core
+    (shared among the processes of one machine under torchrun: Pillow decodes and resizes ~200 ImageNet JPEGs/s
+    per core, so fewer workers starve a GPU), and is capped there (:func:`worker_count`). ``pin_memory`` defaults
+    to whether CUDA is available.
+    """
+    if batch_size < 1:
+        raise InvalidOptionError(f"batch_size must be at least 1, got {batch_size}")
+    workers = worker_count(num_workers)
+    return DataLoader(
+        Indexed(dataset),
+        batch_size=batch_size,
+        sampler=ShardSampler(len(dataset), rank, world_size),  # type: ignore[arg-type]
+        num_workers=workers,
+        collate_fn=collate_indexed,
+        pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
+        persistent_workers=persistent_workers and workers > 0,
+        prefetch_factor=prefetch_factor if workers > 0 else None,
+    )
+
+
+class ImageList(Dataset):
+    """``images[i]`` (paths, PIL images or arrays) -> ``(read(image), -1)``, for :func:`build_eval_loader`."""
+
+    def __init__(self, images: Sequence[Any], read: Callable[[Any], Any]):
+        self.images, self.read = list(images), read
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int):
+        return self.read(self.images[i]), -1
+
+
+@dataclass(frozen=True)
+class InputPath:
+    """Where the exact eval preprocessing runs: ``read`` in the loader workers (image -> loader item), then
+    ``on_device`` on each batch (None: the batch is already the uint8 crops); ``describe`` says which, for logs."""
+
+    read: Callable[[Any], Any]
+    on_device: Callable[[Any], torch.Tensor] | None
+    describe: str
+
+
+def input_path(preset: EvalPreset, device: torch.device | str, resize: str = "auto", decode: str = "cpu") -> InputPath:
+    """The input path for ``preset`` on ``device``. ``resize``: ``'loader'`` (all of it in the workers),
+    ``'device'`` (the workers decode, the device resizes and crops: the same pixels, bit for bit), ``'auto'``
+    (``'device'`` on CUDA when the preset's filter is implemented there). ``decode='gpu'``: nvJPEG on the GPU, then
+    the exact resize there (not bit-exact: nvJPEG's IDCT differs; needs torchvision and CUDA)."""
+    device = torch.device(device)
+    if resize not in ("auto", "loader", "device") or decode not in ("cpu", "gpu"):
+        raise InvalidOptionError(f"resize={resize!r}, decode={decode!r}: use resize 'auto', 'loader' or 'device' "
+                                 f"and decode 'cpu' or 'gpu'")
+    if decode == "gpu":
+        from .gpu_decode import GpuJpegDecoder, JpegReader
+
+        if device.type != "cuda":
+            raise InvalidOptionError(f"--decode gpu needs a CUDA device; this run is on {device}")
+        if resize == "loader":
+            raise InvalidOptionError("--decode gpu decodes on the GPU, so it resizes there too: drop --resize loader")
+        return InputPath(JpegReader(preset), GpuJpegDecoder(preset, device), "nvJPEG decode and exact resize on the GPU")
+    if resize == "device" or (resize == "auto" and device.type == "cuda" and preset.interpolation in FILTERS):
+        return InputPath(DecodeForResize(preset), DeviceResize(device),
+                         f"Pillow decode in the loader, exact resize on {device.type}")
+    return InputPath(EvalTransform(preset).to_uint8, None, "Pillow decode and resize in the loader")

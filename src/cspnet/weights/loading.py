@@ -1,0 +1,129 @@
+"""The one weights call, ``load(model_or_spec, pretrained, **where)``: resolve (:mod:`.sources`) -> read
+(:mod:`.checkpoint`) -> convert (:mod:`.convert`) -> load; and its halves, :func:`read` and :func:`load_state`."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+import torch
+from torch import nn
+
+from ..errors import CheckpointError, InvalidOptionError
+from ..models import CSPArch, CSPNet, ImageClassifier
+from ..spec import ModelSpec
+from . import convert
+from .checkpoint import read_weights
+from .records import WEIGHTS, get_weights_info
+from .sources import fetch_url, is_url, resolve
+
+log = logging.getLogger("cspnet")
+
+Pretrained = bool | str | os.PathLike | Mapping[str, torch.Tensor]
+PUBLISHED = {w.arch for w in WEIGHTS}  # architectures with published weights (and default specs)
+
+
+@dataclass(frozen=True)
+class Found:
+    """Weights ready to load: ``state_dict`` in the cspnet layout (checked against the architecture); ``spec``, the
+    model they are of (recorded in the file by cspnet, else read from it: the published architecture's defaults,
+    the head's width, mmpretrain's class names; None for an architecture outside the table); ``source`` names them
+    in messages; ``ema``: the EMA weights were taken; ``layout``: the file's layout."""
+
+    state_dict: dict[str, torch.Tensor]
+    spec: ModelSpec | None
+    source: str
+    ema: bool = False
+    layout: str = "cspnet"  # the file's
+
+    @property
+    def num_classes(self) -> int | None:
+        """The head's width, or None for weights without a head (a backbone)."""
+        head = self.state_dict.get("head.fc.weight")
+        return int(head.shape[0]) if head is not None else None
+
+
+def locate(pretrained: bool | str | os.PathLike, arch: str | None, **where) -> Path:
+    """The file ``pretrained`` names: ``True``: the published weights of ``arch`` from the first source that has
+    them; a URL (one of the record's own goes through every source); or a path. ``where``: see
+    :func:`cspnet.weights.sources.resolve`."""
+    if pretrained is False or not isinstance(pretrained, (bool, str, os.PathLike)):
+        raise InvalidOptionError(f"pretrained={pretrained!r}: use False, True, a file path, a URL or a state dict")
+    if pretrained is not True and not is_url(str(pretrained)):
+        return Path(pretrained)
+    if arch not in PUBLISHED:
+        raise InvalidOptionError(f"pretrained={pretrained!r}: {arch or 'this model'} has no published weights; "
+                                 f"give a file")
+    record = get_weights_info(arch)
+    if pretrained is True:
+        return resolve(record.name, record.sources, **where)
+    return fetch_url(str(pretrained), record.name, record.sources, **where)
+
+
+def read(pretrained: Pretrained, arch: CSPArch | str | None = None, *, use_ema: bool | None = None, **where) -> Found:
+    """resolve -> read -> convert: the weights ``pretrained`` names, for ``arch`` (None: whichever the file holds).
+
+    ``pretrained``: True (the published weights of ``arch``), a path, a URL, or a state dict in any layout.
+    ``use_ema``: see :func:`cspnet.weights.checkpoint.read_weights`.
+
+    Raises:
+        CheckpointError: the weights are of another architecture (named), or do not fit (every key listed).
+    """
+    name = arch.name if isinstance(arch, CSPArch) else arch
+    if isinstance(pretrained, Mapping):
+        state_dict, recorded, classes, source, ema = dict(pretrained), None, None, "state dict", False
+    else:
+        f = read_weights(locate(pretrained, name, **where), use_ema)
+        state_dict, recorded, classes, source, ema = f.state_dict, f.spec, f.classes, f"checkpoint {str(f.path)!r}", f.ema
+    held = recorded.arch if recorded is not None else convert.guess_arch(state_dict)
+    if name is not None and held is not None and held != name:
+        raise CheckpointError(f"{source} holds {held} weights, not {name}: build the model with get_model({held!r}, ...)")
+    if arch is None and held is None:
+        raise CheckpointError(f"{source}: its tensors fit none of the architectures ({convert.detect_layout(state_dict)} "
+                              f"layout); name the model to see the mismatching keys")
+    try:
+        found = Found(convert.to_cspnet(state_dict, arch or held), recorded, source, ema,
+                      convert.detect_layout(state_dict))
+    except CheckpointError as e:
+        raise CheckpointError(f"{source}: {e}") from None
+    if recorded is None and held in PUBLISHED:
+        found = dataclasses.replace(found, spec=_inferred(get_weights_info(held).spec(), found.num_classes, classes))
+    return found
+
+
+def _inferred(published: ModelSpec, width: int | None, classes: tuple[str, ...] | None) -> ModelSpec:
+    """The model of a file cspnet did not write: the published one, with the file's head width (a file without a
+    head keeps the published head) and mmpretrain's class names when they fit."""
+    n = published.num_classes if width is None else width
+    if classes is not None and len(classes) == n:
+        return published.replace(num_classes=n, classes=classes)
+    return published if n == published.num_classes else published.replace(num_classes=n, classes=None)
+
+
+def load_state(model: ImageClassifier | CSPNet, found: Found) -> None:
+    """Load ``found`` into ``model`` strictly. A head of another width (or none) is left freshly initialised, as
+    fine-tuning wants; the log says so."""
+    sd = dict(found.state_dict)
+    head = {k: sd.pop(k) for k in convert.HEAD_KEYS if k in sd}
+    backbone = model if isinstance(model, CSPNet) else model.backbone
+    backbone.load_state_dict({k.removeprefix("backbone."): v for k, v in sd.items()})
+    if backbone is model:
+        return
+    if head and found.num_classes == model.num_classes:
+        model.head.load_state_dict({k.removeprefix("head."): v for k, v in head.items()})
+    elif model.num_classes:
+        why = "has no head" if not head else f"has {found.num_classes} classes"
+        log.info("%s %s; the %d-class head stays freshly initialised (fine-tuning)", found.source, why, model.num_classes)
+
+
+def load(target: nn.Module | ModelSpec, pretrained: Pretrained, *, use_ema: bool | None = None, **where) -> nn.Module:
+    """resolve -> read -> convert -> load: ``pretrained`` (see :func:`read`) into ``target``, a model or a
+    :class:`~cspnet.models.ModelSpec` (built first). Returns the model."""
+    model = target.build() if isinstance(target, ModelSpec) else target
+    backbone = model if isinstance(model, CSPNet) else model.backbone
+    load_state(model, read(pretrained, backbone.arch, use_ema=use_ema, **where))
+    return model
