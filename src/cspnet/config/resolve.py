@@ -1,56 +1,120 @@
 """From an mmpretrain-shaped config to typed, frozen specs, made once, at the edge.
 
-:func:`test_spec` gives what ``cspnet test`` runs (:class:`TestSpec`), :func:`train_spec` what ``cspnet train`` runs
+:func:`eval_spec` gives what ``cspnet test`` runs (:class:`EvalSpec`), :func:`train_spec` what ``cspnet train`` runs
 (:class:`TrainSpec`); each reads only the sections its command uses, so a training-only setting never blocks an
 evaluation. Nothing below this package sees a config dict.
 
-Each section's schema (the keys :func:`~cspnet.config.load.validate` accepts) is declared beside the function that
-reads it, and every accepted key is either honoured or, at a value this library cannot honour, refused with a
-message (a ``Fixed`` key, or a check here); ``tests/test_config_keys.py`` sets every key of :data:`SCHEMA` to
-a value other than its default and checks its effect or its refusal. Defaults are mmpretrain's/mmengine's.
+A spec field that is a plain setting declares its key and check (:func:`setting`): that one declaration is both its
+schema and its reader. Sections with structure (the model, pipelines, optimizer, schedule, hooks) are read by a
+function beside their schema. Every key :data:`SCHEMA` accepts is honoured or, at a value this library cannot
+honour, refused with a message (a ``Fixed`` key, or a check here); ``tests/test_config_keys.py`` sets each one to
+a value other than its default and checks its effect or its refusal. Defaults are mmpretrain's and mmengine's.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from .._io import atomic_write
 from ..data.classes import imagenet_classes
 from ..data.datasets import DataSpec
-from ..data.train_transforms import TrainPipeline
 from ..data.presets import IMAGENET_MEAN, IMAGENET_STD, INTERPOLATIONS, EvalPreset
+from ..data.train_transforms import TrainPipeline
 from ..errors import ConfigError
-from ..models import ARCHS
+from ..models.cspnet import ARCHS
 from ..spec import BackboneOptions, ModelSpec
-from ..weights.records import get_weights_info
 from .load import ANY, Config, Fixed, Items, Typed, Variable
 
-_log = logging.getLogger("cspnet")
-_COMMON = {"type": ANY, "_delete_": ANY}
-_MMCV_RESIZE = Fixed(("pillow", "cv2"), "images are resized with Pillow; with 'cv2' a warning says so")
+log = logging.getLogger("cspnet")
+Check = Callable[[Any, str], Any]  # (value, its dotted key) -> the value, converted; or a ConfigError
 
 
-def _get(section: Mapping | None, key: str, where: str, default: Any, kind: type | tuple[type, ...],
-         test: Callable[[Any], bool] = lambda v: True, need: str = "") -> Any:
-    """``section[key]`` as ``kind`` (``default`` when absent or None); else a ConfigError naming the key."""
-    value = (section or {}).get(key)
-    if value is None:
-        return default
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if kind is tuple and isinstance(value, list):
-        value = tuple(value)
-    if not isinstance(value, kind) or (kind in (int, float) and isinstance(value, bool)) or not test(value):
-        raise ConfigError(f"{where}.{key}={value!r}: expected {need or getattr(kind, '__name__', kind)}")
-    return value
+# ---------------------------------------------------------------------------------------------------------------
+# Settings: typed values, each read from its key
+# ---------------------------------------------------------------------------------------------------------------
+def _kind(name: str, ok: Callable[[Any], bool], convert: Callable[[Any], Any] = lambda v: v) -> Check:
+    def check(value: Any, where: str) -> Any:
+        if not ok(value):
+            raise ConfigError(f"{where}={value!r:.100}: expected {name}")
+        return convert(value)
+
+    return check
 
 
-def _positive(section: Mapping | None, key: str, where: str, default: int, minimum: int = 1) -> int:
-    return _get(section, key, where, default, int, lambda v: v >= minimum, f"an integer >= {minimum}")
+def integer(least: int | None = None) -> Check:
+    return _kind(f"an integer >= {least}" if least is not None else "an integer",
+                 lambda v: isinstance(v, int) and not isinstance(v, bool) and (least is None or v >= least))
+
+
+def number(ok: Callable[[float], bool] = lambda v: True, name: str = "a number") -> Check:
+    return _kind(name, lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and ok(v), float)
+
+
+def choice(*values: str) -> Check:
+    return _kind(" or ".join(map(repr, values)), lambda v: v in values)
+
+
+def ints(least: int = 1) -> Check:
+    """One integer or several, as a tuple."""
+    return _kind(f"integers >= {least}", lambda v: all(isinstance(k, int) and not isinstance(k, bool) and k >= least
+                 for k in ((v,) if isinstance(v, int) else v)) if isinstance(v, (int, list, tuple)) else False,
+                 lambda v: (v,) if isinstance(v, int) else tuple(v))
+
+
+boolean = _kind("True or False", lambda v: isinstance(v, bool))
+text = _kind("a string", lambda v: isinstance(v, str))
+
+
+def setting(key: str, default: Any, check: Check) -> Any:
+    """A spec field read from ``key`` (dotted, below the section the spec is read from), checked by ``check``;
+    absent or None: ``default``."""
+    return field(default=default, metadata={"key": key, "check": check})
+
+
+def read(cls: type, section: Mapping | None, where: str, **given: Any) -> Any:
+    """``cls`` with each :func:`setting` field read from ``section`` (named ``where`` in errors) and ``given``."""
+    values = dict(given)
+    for f in dataclasses.fields(cls):
+        if "key" in f.metadata and f.name not in given:
+            parts, node = f.metadata["key"].split("."), section or {}
+            for part in parts[:-1]:
+                node = node.get(part) if isinstance(node, Mapping) else None
+            raw = node.get(parts[-1]) if isinstance(node, Mapping) else None
+            values[f.name] = f.default if raw is None else f.metadata["check"](raw, f"{where}{f.metadata['key']}")
+    return cls(**values)
+
+
+def keys(cls: type) -> dict[str, Any]:
+    """The schema of :func:`setting` fields: ``{'sampler': {'shuffle': ANY}, ...}``."""
+    schema: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if "key" in f.metadata:
+            *parents, last = f.metadata["key"].split(".")
+            node = schema
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[last] = ANY
+    return schema
+
+
+def join(*schemas: Mapping[str, Any]) -> dict[str, Any]:
+    """The union of schemas: nested dicts merged key by key (``_delete_`` is a key here, not an instruction)."""
+    out: dict[str, Any] = {}
+    for schema in schemas:
+        for k, v in schema.items():
+            out[k] = join(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) else v
+    return out
+
+
+def _value(section: Mapping | None, key: str, where: str, default: Any, check: Check) -> Any:
+    raw = (section or {}).get(key)
+    return default if raw is None else check(raw, f"{where}.{key}")
 
 
 def _section(cfg: Mapping, dotted: str) -> Mapping:
@@ -66,6 +130,11 @@ def _name(cfg: Mapping) -> str:
     return repr(getattr(cfg, "filename", None) or "<dict>")
 
 
+_COMMON = {"type": ANY, "_delete_": ANY}
+_INIT = Fixed((None,), "weights come from load_from (or tools/test.py's CHECKPOINT), not init_cfg")
+_NO_MIX = Fixed((None,), "Mixup/CutMix are not implemented")
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The model: ModelSpec
 # ---------------------------------------------------------------------------------------------------------------
@@ -74,24 +143,24 @@ BACKBONES: dict[tuple[str, int], str] = {  # mmpretrain backbone (type, depth) -
     ("CSPResNet", 50): "cspresnet50",
     ("CSPResNeXt", 50): "cspresnext50",
 }
-_INIT = Fixed((None,), "weights come from load_from (or tools/test.py's CHECKPOINT), not init_cfg")
-_LOSS = {**_COMMON, "loss_weight": ANY, "label_smooth_val": ANY, "mode": Fixed(("original",), "only the original "
-         "label smoothing"), "reduction": ANY, "use_sigmoid": Fixed((False,), "softmax cross-entropy only"),
-         "use_soft": Fixed((False,), "hard labels only (no Mixup/CutMix)"), "class_weight": ANY, "num_classes": ANY}
-_PREPROCESSOR = {**_COMMON, "num_classes": ANY, "mean": ANY, "std": ANY, "to_rgb": ANY,
+_BACKBONE = {"in_chans": ("in_channels", integer(1)), "out_indices": ("out_indices", ints(-99)),
+             "frozen_stages": ("frozen_stages", integer(-1)), "norm_eval": ("norm_eval", boolean),
+             "drop_path_rate": ("drop_path_rate", number()), "zero_init_last": ("zero_init_last", boolean)}
+_PREPROCESSOR = {"type": Fixed(("ClsDataPreprocessor",), "cspnet normalises batches itself"), "_delete_": ANY,
+                 "num_classes": ANY, "mean": ANY, "std": ANY, "to_rgb": ANY,
                  "pad_size_divisor": Fixed((1,), "eval crops are square and of one size: nothing to pad"),
-                 "pad_value": Fixed((0,), "nothing is padded"),
-                 "batch_augments": Fixed((None,), "Mixup/CutMix are not implemented")}
+                 "pad_value": Fixed((0,), "nothing is padded"), "batch_augments": _NO_MIX}
+_LOSS = {**_COMMON, "loss_weight": ANY, "label_smooth_val": ANY, "reduction": ANY, "class_weight": ANY,
+         "num_classes": ANY, "mode": Fixed(("original",), "only the original label smoothing"),
+         "use_sigmoid": Fixed((False,), "softmax cross-entropy only"), "use_soft": Fixed((False,), "hard labels only")}
 _MODEL = {
     **_COMMON,
-    "backbone": {**_COMMON, "depth": ANY, "in_channels": ANY, "out_indices": ANY, "frozen_stages": ANY,
-                 "norm_eval": ANY, "drop_path_rate": ANY, "zero_init_last": ANY, "init_cfg": _INIT},
+    "backbone": {**_COMMON, "depth": ANY, "init_cfg": _INIT, **{key: ANY for key, _ in _BACKBONE.values()}},
     "neck": {**_COMMON, "dim": Fixed((2,), "global average pooling of 2-d maps")},
     "head": {**_COMMON, "num_classes": ANY, "in_channels": ANY, "topk": ANY, "cal_acc": ANY, "dropout": ANY,
              "init_cfg": _INIT, "loss": _LOSS},
     "data_preprocessor": _PREPROCESSOR,
-    "train_cfg": {"augments": Fixed((None,), "Mixup/CutMix are not implemented"),
-                  "probs": Fixed((None,), "Mixup/CutMix are not implemented")},
+    "train_cfg": {"augments": _NO_MIX, "probs": _NO_MIX},
     "init_cfg": _INIT,
     "pretrained": Fixed((None,), "set load_from to start from weights"),
 }
@@ -103,81 +172,69 @@ def _normalization(cfg: Mapping) -> tuple[tuple[float, ...], tuple[float, ...]]:
     if pre.get("to_rgb", True) is not True:
         raise ConfigError(f"config {_name(cfg)}: data_preprocessor.to_rgb={pre['to_rgb']!r} (BGR input) is not "
                           f"supported: images are decoded as RGB; set to_rgb=True and give mean/std in RGB order")
-    values = []
-    for key, default in (("mean", IMAGENET_MEAN), ("std", IMAGENET_STD)):
-        v = _get(pre, key, "data_preprocessor", default, tuple,
-                 lambda t: len(t) == 3 and all(isinstance(x, (int, float)) and x == x for x in t), "3 numbers")
-        if key == "std" and min(v) <= 0:
-            raise ConfigError(f"config {_name(cfg)}: data_preprocessor.std={list(v)} must be positive")
-        values.append(tuple(float(x) for x in v))
-    return values[0], values[1]
+    three = _kind("3 numbers", lambda v: isinstance(v, (list, tuple)) and len(v) == 3 and all(
+        isinstance(x, (int, float)) and x == x for x in v), lambda v: tuple(float(x) for x in v))
+    mean = _value(pre, "mean", "data_preprocessor", IMAGENET_MEAN, three)
+    std = _value(pre, "std", "data_preprocessor", IMAGENET_STD, three)
+    if min(std) <= 0:
+        raise ConfigError(f"config {_name(cfg)}: data_preprocessor.std={pre['std']} must be positive")
+    return mean, std
 
 
 def model_spec(cfg: Mapping, pipeline: str = "test") -> ModelSpec:
-    """The :class:`~cspnet.models.ModelSpec` of ``cfg.model``; its eval preprocessing is ``{pipeline}_dataloader``'s.
-
-    Raises:
-        ConfigError: for a model this library does not build (the message names the key).
-    """
+    """The :class:`~cspnet.spec.ModelSpec` of ``cfg.model``; its eval preprocessing is ``{pipeline}_dataloader``'s."""
     where = f"config {_name(cfg)}: model"
-    model = _section(cfg, "model")
+    model, bb, neck, head = (_section(cfg, k) for k in ("model", "model.backbone", "model.neck", "model.head"))
     if model.get("type", "ImageClassifier") != "ImageClassifier":
         raise ConfigError(f"{where}.type={model['type']!r}; only 'ImageClassifier' is supported")
-    bb = _section(cfg, "model.backbone")
     arch = BACKBONES.get((bb.get("type"), bb.get("depth")))
     if arch is None:
         known = ", ".join(f"type={t!r} depth={d}" for t, d in BACKBONES)
         raise ConfigError(f"{where}.backbone type={bb.get('type')!r} depth={bb.get('depth')!r} is not a CSPNet "
                           f"this library builds; known: {known}")
-    neck, head = _section(cfg, "model.neck"), _section(cfg, "model.head")
     if neck.get("type", "GlobalAveragePooling") != "GlobalAveragePooling":
         raise ConfigError(f"{where}.neck.type={neck['type']!r}; only GlobalAveragePooling")
     if head.get("type", "LinearClsHead") != "LinearClsHead":
         raise ConfigError(f"{where}.head.type={head['type']!r}; only LinearClsHead")
-    num_classes = _positive(head, "num_classes", f"{where}.head", 1000, minimum=0)
+    num_classes = _value(head, "num_classes", f"{where}.head", 1000, integer(0))
     width = ARCHS[arch].stages()[-1].out_chs
     if head.get("in_channels") not in (None, width):
         raise ConfigError(f"{where}.head.in_channels={head['in_channels']} but {arch} outputs {width} channels")
     for pre in ("model.data_preprocessor", "data_preprocessor"):
         if _section(cfg, pre).get("num_classes") not in (None, num_classes):  # mmpretrain sizes Mixup's labels by it
-            _log.info("config %s: %s.num_classes=%s differs from model.head.num_classes=%d; the head decides (it "
-                         "would size the one-hot labels of batch_augments, which cspnet does not implement)",
-                         _name(cfg), pre, _section(cfg, pre)["num_classes"], num_classes)
-    options = BackboneOptions(
-        in_chans=_positive(bb, "in_channels", f"{where}.backbone", None),
-        out_indices=_get(bb, "out_indices", f"{where}.backbone", None, (int, tuple), need="stage indices"),
-        frozen_stages=_get(bb, "frozen_stages", f"{where}.backbone", None, int),
-        norm_eval=_get(bb, "norm_eval", f"{where}.backbone", None, bool),
-        drop_path_rate=_get(bb, "drop_path_rate", f"{where}.backbone", None, float),
-        zero_init_last=_get(bb, "zero_init_last", f"{where}.backbone", None, bool))
+            log.info("config %s: %s.num_classes=%s differs from model.head.num_classes=%d; the head decides (it "
+                     "would size the one-hot labels of batch_augments, which cspnet does not implement)",
+                     _name(cfg), pre, _section(cfg, pre)["num_classes"], num_classes)
+    options = BackboneOptions(**{name: _value(bb, key, f"{where}.backbone", None, check)
+                                 for name, (key, check) in _BACKBONE.items()})
     classes = _classes(cfg, pipeline)
-    record = get_weights_info(arch)
     return ModelSpec(arch, eval_preset(cfg, pipeline), num_classes,
                      classes if classes is not None and len(classes) == num_classes else None,
-                     _get(head, "dropout", f"{where}.head", 0.0, float, lambda v: 0 <= v < 1, "a rate in [0, 1)"),
-                     options, name=os.path.splitext(os.path.basename(getattr(cfg, "filename", "") or record.name))[0])
+                     _value(head, "dropout", f"{where}.head", 0.0, number(lambda v: 0 <= v < 1, "a rate in [0, 1)")),
+                     options, name=Path(getattr(cfg, "filename", "") or arch).stem)
 
 
 def _classes(cfg: Mapping, which: str) -> tuple[str, ...] | None:
     """Class names the config states: the dataset's ``classes`` (not a file), or ImageNet's."""
     ds = _section(cfg, f"{which}_dataloader.dataset")
-    classes = ds.get("classes") or _section(cfg, f"{which}_dataloader.dataset.metainfo").get("classes")
     if ds.get("type", "ImageNet") == "ImageNet":
         return imagenet_classes()
+    classes = ds.get("classes") or _section(cfg, f"{which}_dataloader.dataset.metainfo").get("classes")
     return tuple(str(c) for c in classes) if isinstance(classes, (list, tuple)) else None
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Pipelines: EvalPreset (val/test) and TrainPipeline (train)
 # ---------------------------------------------------------------------------------------------------------------
+_RESIZE_BACKEND = Fixed(("pillow", "cv2"), "images are resized with Pillow; with 'cv2' a warning says so")
 TRANSFORMS: dict[str, dict[str, Any]] = {  # the steps implemented, with the arguments of their mmcv namesakes
     "LoadImageFromFile": {"imdecode_backend": Fixed(("cv2", "pillow"), "images are decoded by Pillow (the same "
                                                     "libjpeg-turbo pixels as OpenCV)")},
     "ResizeEdge": {"scale": ANY, "edge": Fixed(("short",), "only the short edge is resized"),
-                   "backend": _MMCV_RESIZE, "interpolation": ANY},
+                   "backend": _RESIZE_BACKEND, "interpolation": ANY},
     "CenterCrop": {"crop_size": ANY, "auto_pad": Fixed((False,), "crops are never padded")},
     "RandomResizedCrop": {"scale": ANY, "crop_ratio_range": ANY, "aspect_ratio_range": ANY, "max_attempts": ANY,
-                          "interpolation": ANY, "backend": _MMCV_RESIZE},
+                          "interpolation": ANY, "backend": _RESIZE_BACKEND},
     "RandomFlip": {"prob": ANY, "direction": Fixed(("horizontal",), "only horizontal flips")},
     "PackInputs": {},
 }
@@ -199,13 +256,12 @@ def _steps(cfg: Mapping, which: str) -> list[tuple[str, Mapping]]:
 
 
 def _interpolation(where: str, step: Mapping) -> str:
-    interp = _get(step, "interpolation", where, "bilinear", str, lambda v: v in INTERPOLATIONS,  # mmcv: bilinear
-                  f"one of {sorted(INTERPOLATIONS)}")
+    interp = _value(step, "interpolation", where, "bilinear", choice(*INTERPOLATIONS))  # mmcv's default: bilinear
     if step.get("backend", "cv2") != "pillow":
         # mmcv resizes with OpenCV by default; this library only resizes with Pillow, whose bicubic/bilinear
         # differ from OpenCV's by a few grey levels. The CSPNet configs all say backend='pillow'.
-        _log.warning("%s backend=%r: resizing with Pillow instead (pixels may differ slightly "
-                                            "from OpenCV's)", where, step.get("backend", "cv2"))
+        log.warning("%s backend=%r: resizing with Pillow instead (pixels may differ slightly from OpenCV's)", where,
+                    step.get("backend", "cv2"))
     return interp
 
 
@@ -218,7 +274,7 @@ def _square(where: str, step: Mapping, key: str) -> int:
 
 
 def eval_preset(cfg: Mapping, which: str = "test") -> EvalPreset:
-    """The :class:`~cspnet.data.transforms.EvalPreset` of ``{which}_dataloader``: ``LoadImageFromFile``,
+    """The :class:`~cspnet.data.presets.EvalPreset` of ``{which}_dataloader``: ``LoadImageFromFile``,
     ``ResizeEdge(scale, edge='short')``, ``CenterCrop(crop_size)``, ``PackInputs``; mean/std from the data
     preprocessor."""
     found: dict[str, Any] = {}
@@ -233,9 +289,8 @@ def eval_preset(cfg: Mapping, which: str = "test") -> EvalPreset:
                               f"ResizeEdge(scale, edge='short'), CenterCrop(crop_size), PackInputs")
     if "crop" not in found:
         raise ConfigError(f"config {_name(cfg)}: the {which} pipeline needs a ResizeEdge and a CenterCrop")
-    mean, std = _normalization(cfg)
     try:
-        return EvalPreset(found["resize"], found["crop"], found["interpolation"], mean, std)
+        return EvalPreset(found["resize"], found["crop"], found["interpolation"], *_normalization(cfg))
     except ValueError as e:
         raise ConfigError(f"config {_name(cfg)}: {which} pipeline: {e}") from None
 
@@ -244,17 +299,17 @@ def train_pipeline(cfg: Mapping) -> TrainPipeline:
     """The :class:`~cspnet.data.train_transforms.TrainPipeline` of ``train_dataloader``: ``LoadImageFromFile``,
     ``RandomResizedCrop``, ``RandomFlip`` (horizontal), ``PackInputs``."""
     found: dict[str, Any] = {}
+    pair = _kind("(low, high), 0 < low <= high", lambda v: isinstance(v, (list, tuple)) and len(v) == 2 and all(
+        isinstance(x, (int, float)) for x in v) and 0 < v[0] <= v[1], lambda v: (float(v[0]), float(v[1])))
     for where, step in _steps(cfg, "train"):
         kind = step.get("type")
-        pair = lambda key, default: _get(step, key, where, default, tuple,  # noqa: E731
-                                         lambda t: len(t) == 2 and 0 < t[0] <= t[1], "(low, high), 0 < low <= high")
         if kind == "RandomResizedCrop" and "crop" not in found:
             found.update(crop=_square(where, step, "scale"), interpolation=_interpolation(where, step),
-                         scale=tuple(map(float, pair("crop_ratio_range", (0.08, 1.0)))),
-                         ratio=tuple(map(float, pair("aspect_ratio_range", (3 / 4, 4 / 3)))),
-                         max_attempts=_positive(step, "max_attempts", where, 10))
+                         scale=_value(step, "crop_ratio_range", where, (0.08, 1.0), pair),
+                         ratio=_value(step, "aspect_ratio_range", where, (3 / 4, 4 / 3), pair),
+                         max_attempts=_value(step, "max_attempts", where, 10, integer(1)))
         elif kind == "RandomFlip" and "flip_prob" not in found:  # mmcv: prob=None never flips
-            found["flip_prob"] = _get(step, "prob", where, 0.0, float, lambda v: 0 <= v <= 1, "one probability")
+            found["flip_prob"] = _value(step, "prob", where, 0.0, number(lambda v: 0 <= v <= 1, "a probability"))
         elif kind not in ("LoadImageFromFile", "PackInputs"):
             raise ConfigError(f"{where} is not supported in a train pipeline; expected LoadImageFromFile, "
                               f"RandomResizedCrop, RandomFlip(direction='horizontal'), PackInputs")
@@ -267,93 +322,92 @@ def train_pipeline(cfg: Mapping) -> TrainPipeline:
 # ---------------------------------------------------------------------------------------------------------------
 # Data and loaders: DataSpec, LoaderSpec
 # ---------------------------------------------------------------------------------------------------------------
-_DATASET = {**_COMMON, "data_root": ANY, "split": ANY, "data_prefix": ANY, "ann_file": ANY, "pipeline": _PIPELINE,
-            "classes": ANY, "metainfo": {"classes": ANY}, "indices": ANY,
-            "with_label": Fixed((True,), "classification datasets are labelled")}
-_DATALOADER = {"batch_size": ANY, "num_workers": ANY, "persistent_workers": ANY, "pin_memory": ANY,
-               "drop_last": ANY, "prefetch_factor": ANY,
-               "collate_fn": Fixed(({"type": "default_collate"},), "batches are collated by cspnet"),
-               "sampler": {**_COMMON, "shuffle": ANY, "seed": ANY,
-                           "round_up": Fixed((True,), "every process takes the same number of batches")},
-               "dataset": _DATASET}
-
-
 @dataclass(frozen=True)
 class LoaderSpec:
     """``{train,val,test}_dataloader`` without its dataset. ``num_workers`` is capped at the CPU cores (more never
-    help, and PyTorch warns); ``shuffle``/``seed``/``drop_last`` apply to training (evaluation reads every image
-    once, in order)."""
+    help, and PyTorch warns); ``shuffle``, ``seed`` (None: the run's) and ``drop_last`` are training's (evaluation
+    reads every image once, in order); ``pin_memory`` None: when on CUDA."""
 
-    batch_size: int = 32
-    num_workers: int = 5
-    persistent_workers: bool = True
-    pin_memory: bool | None = None  # None: when on CUDA
-    drop_last: bool = False
-    prefetch_factor: int | None = None
-    shuffle: bool = True
-    seed: int | None = None  # None: the run's seed
+    batch_size: int = setting("batch_size", 32, integer(1))
+    num_workers: int = setting("num_workers", 5, integer(0))
+    persistent_workers: bool = setting("persistent_workers", True, boolean)
+    pin_memory: bool | None = setting("pin_memory", None, boolean)
+    drop_last: bool = setting("drop_last", False, boolean)
+    prefetch_factor: int | None = setting("prefetch_factor", None, integer(1))
+    shuffle: bool = setting("sampler.shuffle", True, boolean)
+    seed: int | None = setting("sampler.seed", None, integer())
+
+
+_DATASET = {**_COMMON, "data_root": ANY, "split": ANY, "data_prefix": ANY, "ann_file": ANY, "pipeline": _PIPELINE,
+            "classes": ANY, "metainfo": {"classes": ANY}, "indices": ANY,
+            "with_label": Fixed((True,), "classification datasets are labelled")}
+_DATALOADER = join(keys(LoaderSpec), {
+    "collate_fn": Fixed(({"type": "default_collate"},), "batches are collated by cspnet"),
+    "sampler": {**_COMMON, "round_up": Fixed((True,), "every process takes the same number of batches")},
+    "dataset": _DATASET})
+
+
+def _count(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+# mmengine's dataset indices: the first N samples, or those
+_INDICES = _kind("a count or a list of indices >= 0", lambda v: _count(v) or isinstance(v, (list, tuple)) and all(
+    map(_count, v)), lambda v: v if isinstance(v, int) else tuple(v))
 
 
 def data_spec(cfg: Mapping, which: str) -> DataSpec:
     """The :class:`~cspnet.data.datasets.DataSpec` of ``{which}_dataloader.dataset`` (``data_root`` as written,
     relative to the working directory, as in mmpretrain)."""
     ds, where = _section(cfg, f"{which}_dataloader.dataset"), f"config {_name(cfg)}: {which}_dataloader.dataset"
-    kind = ds.get("type", "ImageNet")
-    if kind not in ("ImageNet", "CustomDataset"):
-        raise ConfigError(f"{where}.type={kind!r}; supported: 'ImageNet', 'CustomDataset'")
+    if ds.get("type", "ImageNet") not in ("ImageNet", "CustomDataset"):
+        raise ConfigError(f"{where}.type={ds['type']!r}; supported: 'ImageNet', 'CustomDataset'")
     classes = ds.get("classes") or _section(cfg, f"{which}_dataloader.dataset.metainfo").get("classes")
     prefix = ds.get("data_prefix")
     if isinstance(prefix, Mapping):  # mmengine also allows data_prefix=dict(img_path='val')
         prefix = prefix.get("img_path", prefix.get("img"))
-    text = lambda key: _get(ds, key, where, None, str)  # noqa: E731
-    return DataSpec(
-        kind=kind, root=_get(ds, "data_root", where, "", str), split=text("split") or None,
-        ann_file=text("ann_file") or None, data_prefix=prefix or None,
-        classes=tuple(map(str, classes)) if isinstance(classes, (list, tuple)) else classes,
-        indices=_get(ds, "indices", where, None, (int, tuple), need="a count or a list of indices"))
+    name = lambda key, default=None: _value(ds, key, where, default, text)  # noqa: E731
+    return DataSpec(ds.get("type", "ImageNet"), name("data_root", ""), name("split"), name("ann_file"),
+                    prefix or None, tuple(map(str, classes)) if isinstance(classes, (list, tuple)) else classes,
+                    _value(ds, "indices", where, None, _INDICES))
+
 
 
 def loader_spec(cfg: Mapping, which: str) -> LoaderSpec:
-    dl, where = _section(cfg, f"{which}_dataloader"), f"config {_name(cfg)}: {which}_dataloader"
-    sampler = _section(cfg, f"{which}_dataloader.sampler")
-    if sampler.get("type", "DefaultSampler") != "DefaultSampler":
-        raise ConfigError(f"{where}.sampler.type={sampler['type']!r}; only 'DefaultSampler'")
-    spec = LoaderSpec(
-        batch_size=_positive(dl, "batch_size", where, 32), num_workers=_positive(dl, "num_workers", where, 5, 0),
-        persistent_workers=_get(dl, "persistent_workers", where, True, bool),
-        pin_memory=_get(dl, "pin_memory", where, None, bool), drop_last=_get(dl, "drop_last", where, False, bool),
-        prefetch_factor=_positive(dl, "prefetch_factor", where, None),
-        shuffle=_get(sampler, "shuffle", f"{where}.sampler", which == "train", bool),
-        seed=_get(sampler, "seed", f"{where}.sampler", None, int))
-    if which != "train" and (spec.shuffle or spec.drop_last or spec.seed is not None):
-        raise ConfigError(f"{where}: shuffle, drop_last and sampler.seed apply to training only: evaluation reads "
+    where = f"config {_name(cfg)}: {which}_dataloader."
+    section = _section(cfg, f"{which}_dataloader")
+    if _section(cfg, f"{which}_dataloader.sampler").get("type", "DefaultSampler") != "DefaultSampler":
+        raise ConfigError(f"{where}sampler.type: only 'DefaultSampler'")
+    spec = read(LoaderSpec, section, where)
+    if which == "train":
+        return spec
+    if _section(cfg, f"{which}_dataloader.sampler").get("shuffle") or spec.drop_last or spec.seed is not None:
+        raise ConfigError(f"{where} shuffle, drop_last and sampler.seed apply to training only: evaluation reads "
                           f"every image once, in order")
-    return spec
+    return dataclasses.replace(spec, shuffle=False)
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Evaluation: TestSpec
+# Evaluation: EvalSpec
 # ---------------------------------------------------------------------------------------------------------------
-_EVALUATOR = Items({**_COMMON, "topk": ANY, "prefix": ANY,
-                    "thrs": Fixed((None, 0.0), "a sample counts as correct whenever its label is in the top k")})
-
-
 @dataclass(frozen=True)
 class Metrics:
     """``{val,test}_evaluator=dict(type='Accuracy', topk=(1, 5))``: printed as ``{prefix}/top{k}``."""
 
-    topk: tuple[int, ...] = (1, 5)
-    prefix: str = "accuracy"
+    topk: tuple[int, ...] = setting("topk", (1, 5), ints())
+    prefix: str = setting("prefix", "accuracy", text)
+
+
+_EVALUATOR = Items({**_COMMON, **keys(Metrics), "thrs": Fixed((None, 0.0), "a sample is correct when its label is "
+                                                                        "in the top k")})
 
 
 def metrics_spec(cfg: Mapping, which: str) -> Metrics:
     ev = cfg.get(f"{which}_evaluator") or {}
-    ev, where = (ev[0] if isinstance(ev, (list, tuple)) and len(ev) == 1 else ev), f"config {_name(cfg)}: {which}_evaluator"
+    ev = ev[0] if isinstance(ev, (list, tuple)) and len(ev) == 1 else ev
     if not isinstance(ev, Mapping) or ev.get("type", "Accuracy") != "Accuracy":
-        raise ConfigError(f"{where}={ev!r:.80}: only one dict(type='Accuracy', topk=...)")
-    topk = _get(ev, "topk", where, (1, 5), (int, tuple), lambda v: all(isinstance(k, int) and k > 0 for k in
-                                                                        ((v,) if isinstance(v, int) else v)), "k >= 1")
-    return Metrics((topk,) if isinstance(topk, int) else topk, _get(ev, "prefix", where, "accuracy", str))
+        raise ConfigError(f"{which}_evaluator={ev!r:.80}: only one dict(type='Accuracy', topk=...)")
+    return read(Metrics, ev, f"{which}_evaluator.")
 
 
 @dataclass(frozen=True)
@@ -377,6 +431,10 @@ def _source(cfg: Config) -> Source:
     return Source(getattr(cfg, "filename", None) or "", cfg.pretty_text)
 
 
+_TTA = Fixed(({"type": "AverageClsScoreTTA"},), "test-time augmentation averages the softmax of the image and its "
+             "mirror (mmpretrain's default)")
+
+
 @dataclass(frozen=True)
 class EvalSpec:
     """What ``cspnet test`` evaluates: the model, the test set and its loader, the metrics, ``fp16``
@@ -386,21 +444,15 @@ class EvalSpec:
     data: DataSpec
     loader: LoaderSpec
     metrics: Metrics = Metrics()
-    fp16: bool = False
-    tta: bool = False
+    fp16: bool = setting("test_cfg.fp16", False, boolean)
+    tta: bool = setting("tta_model", False, lambda v, where: True)
     source: Source = Source()
-
-
-_TEST_CFG = {**_COMMON, "fp16": ANY}
-_TTA = Fixed(({"type": "AverageClsScoreTTA"},), "test-time augmentation averages the softmax of the image and its "
-             "mirror (mmpretrain's default)")
 
 
 def eval_spec(cfg: Config) -> EvalSpec:
     """The :class:`EvalSpec` of ``cfg``: its model (eval preprocessing: the test pipeline) and test set."""
-    return EvalSpec(model_spec(cfg, "test"), data_spec(cfg, "test"), loader_spec(cfg, "test"),
-                    metrics_spec(cfg, "test"), _get(_section(cfg, "test_cfg"), "fp16", "test_cfg", False, bool),
-                    cfg.get("tta_model") is not None, _source(cfg))
+    return read(EvalSpec, cfg, "", model=model_spec(cfg, "test"), data=data_spec(cfg, "test"),
+                loader=loader_spec(cfg, "test"), metrics=metrics_spec(cfg, "test"), source=_source(cfg))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -408,13 +460,9 @@ def eval_spec(cfg: Config) -> EvalSpec:
 # ---------------------------------------------------------------------------------------------------------------
 _OPTIMIZERS = ("SGD", "AdamW", "Adam", "RMSprop")  # torch.optim's classes of these names; RMSprop is torch's, not
 # timm's TF-style RMSpropTF (epsilon inside the sqrt) of the published RA recipe
-_OPTIM_ARGS = ("lr", "momentum", "weight_decay", "nesterov", "betas", "eps", "alpha", "dampening", "centered")
-_OPTIM_WRAPPER = {
-    **_COMMON,
-    "optimizer": {**_COMMON, **{k: ANY for k in _OPTIM_ARGS}},
-    "clip_grad": ANY, "paramwise_cfg": {"norm_decay_mult": ANY, "bias_decay_mult": ANY},
-    "accumulative_counts": ANY, "loss_scale": ANY, "dtype": ANY,
-}
+_OPTIM_ARGS = ("momentum", "nesterov", "betas", "eps", "alpha", "dampening", "centered")
+_LOSS_SCALE = _kind("'dynamic', a number or a dict of GradScaler arguments", lambda v: v == "dynamic" or isinstance(
+    v, (int, float, Mapping)) and not isinstance(v, bool), lambda v: tuple(v.items()) if isinstance(v, Mapping) else v)
 
 
 @dataclass(frozen=True)
@@ -426,59 +474,51 @@ class OptimSpec:
     ``('value', clip_value, 0)``; ``accumulate``: micro-batches per optimizer step."""
 
     kind: str = "SGD"
-    lr: float = 0.1
+    lr: float = setting("optimizer.lr", 0.1, number(lambda v: v >= 0, "a learning rate >= 0"))
     args: tuple[tuple[str, Any], ...] = ()
-    weight_decay: float = 0.0
-    norm_decay_mult: float = 1.0
-    bias_decay_mult: float = 1.0
+    weight_decay: float = setting("optimizer.weight_decay", 0.0, number(lambda v: v >= 0, "a number >= 0"))
+    norm_decay_mult: float = setting("paramwise_cfg.norm_decay_mult", 1.0, number())
+    bias_decay_mult: float = setting("paramwise_cfg.bias_decay_mult", 1.0, number())
     amp: str | None = None
-    loss_scale: str | float | tuple[tuple[str, Any], ...] = "dynamic"
+    loss_scale: str | float | tuple[tuple[str, Any], ...] = setting("loss_scale", "dynamic", _LOSS_SCALE)
     clip: tuple[str, float, float] | None = None
-    accumulate: int = 1
+    accumulate: int = setting("accumulative_counts", 1, integer(1))
+
+
+_OPTIM_WRAPPER = join(keys(OptimSpec), {**_COMMON, "optimizer": {**_COMMON, **{k: ANY for k in _OPTIM_ARGS}},
+                                          "clip_grad": ANY, "dtype": ANY})
 
 
 def optim_spec(cfg: Mapping) -> OptimSpec:
-    import inspect
-
     import torch
 
     ow, where = _section(cfg, "optim_wrapper"), "optim_wrapper"
     kind = ow.get("type", "OptimWrapper")
     if kind not in ("OptimWrapper", "AmpOptimWrapper"):
         raise ConfigError(f"{where}.type={kind!r}; choose 'OptimWrapper' or 'AmpOptimWrapper'")
-    opt = dict(_section(cfg, "optim_wrapper.optimizer"))
-    name = opt.pop("type", "SGD")
+    opt = _section(cfg, "optim_wrapper.optimizer")
+    name = opt.get("type", "SGD")
     if name not in _OPTIMIZERS:
         raise ConfigError(f"{where}.optimizer.type={name!r} is not supported; choose from {sorted(_OPTIMIZERS)}")
     if "lr" not in opt:
         raise ConfigError(f"{where}.optimizer needs an 'lr'")
-    lr = _get(opt, "lr", f"{where}.optimizer", None, float, lambda v: v >= 0, "a learning rate >= 0")
-    wd = _get(opt, "weight_decay", f"{where}.optimizer", 0.0, float, lambda v: v >= 0, "a number >= 0")
-    accepted = inspect.signature(getattr(torch.optim, name)).parameters
-    args = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in opt.items() if k not in ("lr", "weight_decay"))
-    if [k for k, _ in args if k not in accepted]:
-        raise ConfigError(f"{where}.optimizer: torch.optim.{name} takes no {[k for k, _ in args if k not in accepted]}")
-    amp = ow.get("dtype") if kind == "AmpOptimWrapper" else None
-    if amp not in (None, "float16", "bfloat16"):
-        raise ConfigError(f"{where}.dtype={amp!r}; choose 'float16' or 'bfloat16'")
+    args = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in opt.items() if k in _OPTIM_ARGS and v is not None)
+    refused = [k for k, _ in args if k not in inspect.signature(getattr(torch.optim, name)).parameters]
+    if refused:
+        raise ConfigError(f"{where}.optimizer: torch.optim.{name} takes no {refused}")
+    amp = ow.get("dtype")
+    if amp not in (None, "float16", "bfloat16") or amp and kind != "AmpOptimWrapper":
+        raise ConfigError(f"{where}.dtype={amp!r}: 'float16' or 'bfloat16', with type='AmpOptimWrapper' (or --amp)")
     clip = ow.get("clip_grad")
     if clip is not None:
-        if not isinstance(clip, Mapping) or set(clip) - {"type", "max_norm", "norm_type", "clip_value"} or (
-                clip.get("type", "norm") == "norm" and "max_norm" not in clip) or (
-                clip.get("type") == "value" and "clip_value" not in clip) or clip.get("type", "norm") not in ("norm", "value"):
+        kind_ = clip.get("type", "norm") if isinstance(clip, Mapping) else None
+        need = {"norm": "max_norm", "value": "clip_value"}.get(kind_)
+        if need is None or need not in clip or set(clip) - {"type", "max_norm", "norm_type", "clip_value"}:
             raise ConfigError(f"{where}.clip_grad={clip!r}; use dict(max_norm=..., norm_type=2) or "
                               f"dict(type='value', clip_value=...)")
-        value = clip.get("max_norm", clip.get("clip_value"))
-        clip = (clip.get("type", "norm"), float(value), float(clip.get("norm_type", 2)))
-    scale = ow.get("loss_scale", "dynamic")
-    if not (scale == "dynamic" or isinstance(scale, (int, float, Mapping)) and not isinstance(scale, bool)):
-        raise ConfigError(f"{where}.loss_scale={scale!r}; use 'dynamic', a number or a dict of GradScaler arguments")
-    pw = _section(cfg, "optim_wrapper.paramwise_cfg")
-    return OptimSpec(name, lr, args, wd, _get(pw, "norm_decay_mult", f"{where}.paramwise_cfg", 1.0, float),
-                     _get(pw, "bias_decay_mult", f"{where}.paramwise_cfg", 1.0, float),
-                     (amp or "auto") if kind == "AmpOptimWrapper" else None,
-                     tuple(scale.items()) if isinstance(scale, Mapping) else scale, clip,
-                     _positive(ow, "accumulative_counts", where, 1))
+        clip = (kind_, number()(clip[need], f"{where}.clip_grad.{need}"), float(clip.get("norm_type", 2)))
+    return read(OptimSpec, ow, f"{where}.", kind=name, args=args, clip=clip,
+                amp=(amp or "auto") if kind == "AmpOptimWrapper" else None)
 
 
 _SCHEDULERS = {  # mmengine's param schedulers implemented, with their own arguments
@@ -488,8 +528,6 @@ _SCHEDULERS = {  # mmengine's param schedulers implemented, with their own argum
     "StepLR": ("step_size", "gamma"),
     "CosineAnnealingLR": ("T_max", "eta_min", "eta_min_ratio"),
 }
-_PARAM_SCHEDULER = Items(Typed({k: {**_COMMON, "by_epoch": ANY, "begin": ANY, "end": ANY, "convert_to_iter_based": ANY,
-                                    **{a: ANY for a in args}} for k, args in _SCHEDULERS.items()}))
 
 
 @dataclass(frozen=True)
@@ -500,51 +538,51 @@ class Scheduler:
     StepLR's ``(step_size,)``; ``t_max``/``eta_min``/``eta_min_ratio``: CosineAnnealingLR's."""
 
     kind: str
-    by_epoch: bool = True
-    begin: int = 0
-    end: int | None = None
-    per_iter: bool = False
+    by_epoch: bool = setting("by_epoch", True, boolean)
+    begin: int = setting("begin", 0, integer(0))
+    end: int | None = setting("end", None, integer(0))
+    per_iter: bool = setting("convert_to_iter_based", False, boolean)
     start: float = 1 / 3
-    stop: float = 1.0
+    stop: float = setting("end_factor", 1.0, number())
     steps: tuple[int, ...] = ()
-    gamma: float = 0.1
+    gamma: float = setting("gamma", 0.1, number())
     t_max: int | None = None
-    eta_min: float = 0.0
-    eta_min_ratio: float | None = None
+    eta_min: float = setting("eta_min", 0.0, number())
+    eta_min_ratio: float | None = setting("eta_min_ratio", None, number())
+
+
+_PARAM_SCHEDULER = Items(Typed({kind: {**_COMMON, **{k: ANY for k in ("by_epoch", "begin", "end",
+                                                                    "convert_to_iter_based", *args)}}
+                                for kind, args in _SCHEDULERS.items()}))
 
 
 def schedule_spec(cfg: Mapping) -> tuple[Scheduler, ...]:
     entries = cfg.get("param_scheduler") or []
     out = []
     for i, s in enumerate([entries] if isinstance(entries, Mapping) else entries):
-        where = f"param_scheduler[{i}]"
-        kind, by_epoch = s.get("type"), _get(s, "by_epoch", where, True, bool)
-        begin, end = _positive(s, "begin", where, 0, 0), _positive(s, "end", where, None, 0)
-        end = None if end is not None and end >= 10**9 else end  # mmengine's "no end" is INF
-        if end is not None and end <= begin:
-            raise ConfigError(f"{where}: end={end} must be larger than begin={begin}")
-        common = dict(kind=kind, by_epoch=by_epoch, begin=begin, end=end,
-                      per_iter=not by_epoch or _get(s, "convert_to_iter_based", where, False, bool))
+        where, kind = f"param_scheduler[{i}].", s.get("type")
+        entry = read(Scheduler, s, where, kind=kind)
+        end = None if entry.end is not None and entry.end >= 10**9 else entry.end  # mmengine's "no end" is INF
+        entry = dataclasses.replace(entry, end=end, per_iter=entry.per_iter or not entry.by_epoch)
+        if end is not None and end <= entry.begin:
+            raise ConfigError(f"{where[:-1]}: end={end} must be larger than begin={entry.begin}")
         if kind in ("LinearLR", "ConstantLR"):
             if end is None:
-                raise ConfigError(f"{where}: {kind} needs an 'end'")
-            start = _get(s, "start_factor" if kind == "LinearLR" else "factor", where, 1 / 3, float)
-            out.append(Scheduler(**common, start=start, stop=_get(s, "end_factor", where, 1.0, float)
-                                 if kind == "LinearLR" else start))
+                raise ConfigError(f"{where[:-1]}: {kind} needs an 'end'")
+            start = _value(s, "start_factor" if kind == "LinearLR" else "factor", where[:-1], 1 / 3, number())
+            entry = dataclasses.replace(entry, start=start, stop=entry.stop if kind == "LinearLR" else start)
         elif kind == "MultiStepLR":
-            steps = _get(s, "milestones", where, (), tuple, lambda v: all(isinstance(m, int) for m in v), "epochs")
-            out.append(Scheduler(**common, steps=tuple(sorted(steps)), gamma=_get(s, "gamma", where, 0.1, float)))
+            entry = dataclasses.replace(entry, steps=tuple(sorted(_value(s, "milestones", where[:-1], (), ints(0)))))
         elif kind == "StepLR":
             if "step_size" not in s:
-                raise ConfigError(f"{where}: StepLR needs 'step_size'")
-            out.append(Scheduler(**common, steps=(_positive(s, "step_size", where, 1),),
-                                 gamma=_get(s, "gamma", where, 0.1, float)))
+                raise ConfigError(f"{where[:-1]}: StepLR needs 'step_size'")
+            entry = dataclasses.replace(entry, steps=(integer(1)(s["step_size"], f"{where}step_size"),))
         else:  # CosineAnnealingLR
-            t_max = _positive(s, "T_max", where, (end - begin) if end is not None else None)
+            t_max = _value(s, "T_max", where[:-1], (end - entry.begin) if end is not None else None, integer(1))
             if t_max is None:
-                raise ConfigError(f"{where}: CosineAnnealingLR needs 'T_max' or an 'end'")
-            out.append(Scheduler(**common, t_max=t_max, eta_min=_get(s, "eta_min", where, 0.0, float),
-                                 eta_min_ratio=_get(s, "eta_min_ratio", where, None, float)))
+                raise ConfigError(f"{where[:-1]}: CosineAnnealingLR needs 'T_max' or an 'end'")
+            entry = dataclasses.replace(entry, t_max=t_max)
+        out.append(entry)
     return tuple(out)
 
 
@@ -555,9 +593,9 @@ class LossSpec:
     the training accuracies logged (else None)."""
 
     label_smooth: float = 0.0
-    weight: float = 1.0
+    weight: float = setting("loss_weight", 1.0, number())
     class_weight: tuple[float, ...] | None = None
-    reduction: str = "mean"
+    reduction: str = setting("reduction", "mean", choice("mean", "sum"))
     topk: tuple[int, ...] | None = None
 
 
@@ -568,22 +606,16 @@ def loss_spec(cfg: Mapping, num_classes: int) -> LossSpec:
         raise ConfigError(f"{where}.type={kind!r}: only softmax CrossEntropyLoss and LabelSmoothLoss")
     if loss.get("num_classes") not in (None, num_classes):
         raise ConfigError(f"{where}.num_classes={loss['num_classes']} but model.head.num_classes={num_classes}")
-    weights = _get(loss, "class_weight", where, None, tuple, lambda v: len(v) == num_classes and all(
-        isinstance(w, (int, float)) and w >= 0 for w in v), f"{num_classes} weights >= 0")
+    weights = _value(loss, "class_weight", where, None, _kind(f"{num_classes} weights >= 0", lambda v: isinstance(
+        v, (list, tuple)) and len(v) == num_classes and all(isinstance(w, (int, float)) and w >= 0 for w in v),
+        lambda v: tuple(map(float, v))))
     head = _section(cfg, "model.head")
-    topk = _get(head, "topk", "model.head", (1,), (int, tuple), lambda v: all(
-        isinstance(k, int) and k > 0 for k in ((v,) if isinstance(v, int) else v)), "k >= 1")
-    return LossSpec(
-        _get(loss, "label_smooth_val", where, 0.1, float, lambda v: 0 <= v < 1, "in [0, 1)") if kind ==
-        "LabelSmoothLoss" else 0.0, _get(loss, "loss_weight", where, 1.0, float),
-        tuple(map(float, weights)) if weights else None,
-        _get(loss, "reduction", where, "mean", str, lambda v: v in ("mean", "sum"), "'mean' or 'sum'"),
-        ((topk,) if isinstance(topk, int) else topk) if _get(head, "cal_acc", "model.head", False, bool) else None)
-
-
-_EMA_HOOK = {**_COMMON, "momentum": ANY, "interval": ANY, "update_buffers": ANY, "begin_iter": ANY,
-             "begin_epoch": ANY, "evaluate_on_ema": ANY, "evaluate_on_origin": ANY,
-             "ema_type": Fixed(("ExponentialMovingAverage",), "mmengine's default EMA")}
+    smooth = _value(loss, "label_smooth_val", where, 0.1, number(lambda v: 0 <= v < 1, "in [0, 1)"))
+    if kind != "LabelSmoothLoss" and "label_smooth_val" in loss:
+        raise ConfigError(f"{where}.label_smooth_val applies to type='LabelSmoothLoss', not {kind!r}")
+    return read(LossSpec, loss, f"{where}.", label_smooth=smooth if kind == "LabelSmoothLoss" else 0.0,
+                class_weight=weights, topk=_value(head, "topk", "model.head", (1,), ints())
+                if _value(head, "cal_acc", "model.head", False, boolean) else None)
 
 
 @dataclass(frozen=True)
@@ -591,113 +623,72 @@ class EmaSpec:
     """``custom_hooks=[dict(type='EMAHook', ...)]``: mmengine's ``ExponentialMovingAverage`` of the weights
     (momentum 2e-4 = timm's decay 0.9998), evaluated beside the raw weights unless told otherwise."""
 
-    momentum: float = 2e-4
-    interval: int = 1
-    update_buffers: bool = False
-    begin_iter: int = 0
-    begin_epoch: int = 0
-    evaluate_on_ema: bool = True
+    momentum: float = setting("momentum", 2e-4, number(lambda v: 0 < v <= 1, "in (0, 1]"))
+    interval: int = setting("interval", 1, integer(1))
+    update_buffers: bool = setting("update_buffers", False, boolean)
+    begin_iter: int = setting("begin_iter", 0, integer(0))
+    begin_epoch: int = setting("begin_epoch", 0, integer(0))
+    evaluate_on_ema: bool = setting("evaluate_on_ema", True, boolean)
     # mmpretrain evaluates only the EMA by default; both are reported here, so the gain is visible
-    evaluate_on_origin: bool = True
+    evaluate_on_origin: bool = setting("evaluate_on_origin", True, boolean)
+
+
+_EMA_HOOK = {**_COMMON, **keys(EmaSpec), "ema_type": Fixed(("ExponentialMovingAverage",), "mmengine's default EMA")}
 
 
 def ema_spec(cfg: Mapping) -> EmaSpec | None:
     hooks, ema = cfg.get("custom_hooks") or [], None
-    for i, h in enumerate(hooks if isinstance(hooks, (list, tuple)) else [hooks]):
-        where = f"custom_hooks[{i}]"
-        if not isinstance(h, Mapping) or h.get("type") != "EMAHook":
-            raise ConfigError(f"{where}={h!r:.80}: only dict(type='EMAHook', ...) is supported")
-        flag = lambda key, default: _get(h, key, where, default, bool)  # noqa: E731
-        ema = EmaSpec(_get(h, "momentum", where, 2e-4, float, lambda v: 0 < v <= 1, "in (0, 1]"),
-                      _positive(h, "interval", where, 1), flag("update_buffers", False),
-                      _positive(h, "begin_iter", where, 0, 0), _positive(h, "begin_epoch", where, 0, 0),
-                      flag("evaluate_on_ema", True), flag("evaluate_on_origin", True))
+    for i, hook in enumerate(hooks if isinstance(hooks, (list, tuple)) else [hooks]):
+        if not isinstance(hook, Mapping) or hook.get("type") != "EMAHook":
+            raise ConfigError(f"custom_hooks[{i}]={hook!r:.80}: only dict(type='EMAHook', ...) is supported")
+        ema = read(EmaSpec, hook, f"custom_hooks[{i}].")
     return ema
-
-
-def _hook(kind: str, **keys: Any) -> dict[str, Any]:
-    return {"type": Fixed((kind,), f"the trainer's own {kind.removesuffix('Hook').lower()} step"), "_delete_": ANY,
-            **keys}
-
-
-_DEFAULT_HOOKS = {
-    "timer": _hook("IterTimerHook"),
-    "logger": _hook("LoggerHook", interval=ANY),
-    "param_scheduler": _hook("ParamSchedulerHook"),
-    "checkpoint": _hook("CheckpointHook", interval=ANY, max_keep_ckpts=ANY, save_best=ANY, save_last=ANY,
-                        save_optimizer=ANY, by_epoch=Fixed((True,), "epoch-based training"),
-                        rule=Fixed(("greater",), "the best checkpoint has the highest top-1")),
-    "sampler_seed": _hook("DistSamplerSeedHook"),
-    "visualization": _hook("VisualizationHook", enable=Fixed((False,), "prediction pictures: `cspnet predict "
-                                                                         "--save-vis`")),
-}
 
 
 @dataclass(frozen=True)
 class CheckpointPolicy:
     """``default_hooks.checkpoint``: ``epoch_N.pth`` every ``interval`` epochs (and the last epoch with
-    ``save_last``); ``max_keep`` the newest kept (-1: all); ``best``: keep ``best.pth`` (``save_best``; mmengine's
-    values 'auto'/'accuracy/top1' or True, the default here; None/False: no best.pth); ``optimizer``: the optimizer
-    and AMP state (``save_optimizer``; without them a checkpoint cannot be resumed)."""
+    ``save_last``); ``max_keep`` the newest kept (-1: all); ``best``: keep ``best.pth`` (``save_best``: 'auto',
+    'accuracy/top1' or True, the default here; False for none); ``optimizer``: the optimizer and AMP state
+    (``save_optimizer``; without them a checkpoint cannot be resumed)."""
 
-    interval: int = 1
-    max_keep: int = -1
-    best: bool = True
-    last: bool = True
-    optimizer: bool = True
-
-
-def checkpoint_policy(cfg: Mapping) -> CheckpointPolicy:
-    ck, where = _section(cfg, "default_hooks.checkpoint"), "default_hooks.checkpoint"
-    best = ck.get("save_best", "auto") if "save_best" in ck else "auto"
-    if best not in (None, False, True, "auto", "accuracy/top1", "top1"):
-        raise ConfigError(f"{where}.save_best={best!r}: best.pth follows the top-1 ('auto', 'accuracy/top1'); "
-                          f"None or False for none")
-    return CheckpointPolicy(_positive(ck, "interval", where, 1), _get(ck, "max_keep_ckpts", where, -1, int),
-                            best not in (None, False), _get(ck, "save_last", where, True, bool),
-                            _get(ck, "save_optimizer", where, True, bool))
+    interval: int = setting("interval", 1, integer(1))
+    max_keep: int = setting("max_keep_ckpts", -1, integer(-1))
+    best: bool = setting("save_best", True, _kind("'auto', 'accuracy/top1' or a bool (best.pth follows the top-1)",
+                                                  lambda v: v in (True, False, "auto", "accuracy/top1", "top1"),
+                                                  lambda v: v is not False))
+    last: bool = setting("save_last", True, boolean)
+    optimizer: bool = setting("save_optimizer", True, boolean)
 
 
-_ENV = {"cudnn_benchmark": ANY, "channels_last": ANY, "dist_cfg": {"backend": ANY, "timeout": ANY},
-        "mp_cfg": {"mp_start_method": ANY, "opencv_num_threads": Fixed((0,), "cspnet does not use OpenCV")}}
+def _hook(kind: str, **more: Any) -> dict[str, Any]:
+    return {"type": Fixed((kind,), f"cspnet's trainer does what {kind} does, itself"), "_delete_": ANY,
+            **more}
 
 
 @dataclass(frozen=True)
 class RuntimeSpec:
-    """Process-wide settings: ``env_cfg`` (``channels_last``, ``cudnn_benchmark``, ``dist_cfg`` backend: 'nccl' on
-    CUDA and gloo on CPU, or 'gloo'; timeout in s; ``mp_cfg.mp_start_method`` of the loader workers),
+    """Process-wide settings: ``env_cfg`` (``channels_last``, ``cudnn_benchmark``, ``dist_cfg.backend``: 'nccl' on
+    CUDA and gloo on CPU, or 'gloo' everywhere; timeout in s; ``mp_cfg.mp_start_method`` of the loader workers),
     ``randomness`` (``seed``: None draws one, recorded; ``deterministic``; ``diff_rank_seed``), ``sync_bn``,
     ``log_level``, ``default_hooks.logger.interval`` (iterations per log line)."""
 
-    channels_last: bool = False
-    cudnn_benchmark: bool = False
-    dist_backend: str = "nccl"
-    dist_timeout: float = 1800.0
-    mp_start_method: str | None = None
-    seed: int | None = None
-    deterministic: bool = False
-    diff_rank_seed: bool = False
-    sync_bn: bool = False
-    log_level: str = "INFO"
-    log_interval: int = 100
+    channels_last: bool = setting("env_cfg.channels_last", False, boolean)
+    cudnn_benchmark: bool = setting("env_cfg.cudnn_benchmark", False, boolean)
+    dist_backend: str = setting("env_cfg.dist_cfg.backend", "nccl", choice("nccl", "gloo"))
+    dist_timeout: float = setting("env_cfg.dist_cfg.timeout", 1800.0, number(lambda v: v > 0, "seconds > 0"))
+    mp_start_method: str | None = setting("env_cfg.mp_cfg.mp_start_method", None, choice("fork", "spawn", "forkserver"))
+    seed: int | None = setting("randomness.seed", None, integer())
+    deterministic: bool = setting("randomness.deterministic", False, boolean)
+    diff_rank_seed: bool = setting("randomness.diff_rank_seed", False, boolean)
+    sync_bn: bool = setting("sync_bn", False, _kind("'torch' (torch.nn.SyncBatchNorm) or False",
+                                                    lambda v: v in ("torch", False), lambda v: v == "torch"))
+    log_level: str = setting("log_level", "INFO", choice("DEBUG", "INFO", "WARNING", "ERROR"))
+    log_interval: int = setting("default_hooks.logger.interval", 100, integer(1))
 
 
-def runtime_spec(cfg: Mapping) -> RuntimeSpec:
-    env, rnd = _section(cfg, "env_cfg"), _section(cfg, "randomness")
-    dist, mp = _section(cfg, "env_cfg.dist_cfg"), _section(cfg, "env_cfg.mp_cfg")
-    if cfg.get("sync_bn") not in (None, False, "torch"):
-        raise ConfigError(f"sync_bn={cfg['sync_bn']!r}; use 'torch' (torch.nn.SyncBatchNorm) or None")
-    return RuntimeSpec(
-        _get(env, "channels_last", "env_cfg", False, bool), _get(env, "cudnn_benchmark", "env_cfg", False, bool),
-        _get(dist, "backend", "env_cfg.dist_cfg", "nccl", str, lambda v: v in ("nccl", "gloo"), "'nccl' or 'gloo'"),
-        _get(dist, "timeout", "env_cfg.dist_cfg", 1800.0, float, lambda v: v > 0, "seconds > 0"),
-        _get(mp, "mp_start_method", "env_cfg.mp_cfg", None, str, lambda v: v in ("fork", "spawn", "forkserver"),
-             "'fork', 'spawn' or 'forkserver'"),
-        _get(rnd, "seed", "randomness", None, int), _get(rnd, "deterministic", "randomness", False, bool),
-        _get(rnd, "diff_rank_seed", "randomness", False, bool), cfg.get("sync_bn") == "torch",
-        _get(cfg, "log_level", "config", "INFO", str, lambda v: v.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"),
-             "DEBUG, INFO, WARNING or ERROR").upper(),
-        _positive(_section(cfg, "default_hooks.logger"), "interval", "default_hooks.logger", 100))
+_LOAD_FROM = _kind("a path, a URL, True (the published weights) or None", lambda v: isinstance(v, (bool, str)),
+                   lambda v: v or None)
 
 
 @dataclass(frozen=True)
@@ -705,9 +696,9 @@ class TrainSpec:
     """What ``cspnet train`` runs. ``model`` (eval preprocessing: the val pipeline), ``train``/``val`` data and
     loaders (``val`` None: no validation), ``augment`` (the train pipeline), ``val_metrics``, ``val_fp16``
     (``val_cfg.fp16``), the optimizer, the schedule (``param_scheduler``), the loss, the EMA (or None),
-    ``train_cfg`` (``max_epochs``, ``val_interval``, ``val_begin``), checkpoints, runtime; ``auto_scale_lr``
-    (enable, ``base_batch_size``); ``load_from`` (weights to start from: path, URL, True: the published ones),
-    ``resume`` (True: from the latest checkpoint of ``work_dir``); ``launcher`` ('none' or 'pytorch')."""
+    ``train_cfg`` (``max_epochs``, ``val_interval``, ``val_begin``), checkpoints, runtime, ``auto_scale_lr``,
+    ``load_from`` (weights to start from: path, URL, True: the published ones), ``resume`` (True: from the latest
+    checkpoint of ``work_dir``) and ``launcher`` ('none' or 'pytorch')."""
 
     model: ModelSpec
     train: DataSpec
@@ -716,52 +707,40 @@ class TrainSpec:
     val: DataSpec | None
     val_loader: LoaderSpec | None
     val_metrics: Metrics
-    val_fp16: bool
     optim: OptimSpec
     schedule: tuple[Scheduler, ...]
     loss: LossSpec
     ema: EmaSpec | None
-    max_epochs: int = 100
-    val_interval: int = 1
-    val_begin: int = 1
-    checkpoints: CheckpointPolicy = CheckpointPolicy()
-    runtime: RuntimeSpec = RuntimeSpec()
-    auto_scale_lr: bool = False
-    base_batch_size: int = 256
-    load_from: bool | str | None = None
-    resume: bool = False
-    work_dir: str | None = None
-    launcher: str = "none"
+    checkpoints: CheckpointPolicy
+    runtime: RuntimeSpec
+    val_fp16: bool = setting("val_cfg.fp16", False, boolean)
+    max_epochs: int = setting("train_cfg.max_epochs", 100, integer(1))
+    val_interval: int = setting("train_cfg.val_interval", 1, integer(1))
+    val_begin: int = setting("train_cfg.val_begin", 1, integer(0))
+    auto_scale_lr: bool = setting("auto_scale_lr.enable", False, boolean)
+    base_batch_size: int = setting("auto_scale_lr.base_batch_size", 256, integer(1))
+    load_from: bool | str | None = setting("load_from", None, _LOAD_FROM)
+    resume: bool = setting("resume", False, boolean)
+    work_dir: str | None = setting("work_dir", None, text)
+    launcher: str = setting("launcher", "none", choice("none", "pytorch"))
     source: Source = Source()
 
 
 def load_from(cfg: Mapping) -> bool | str | None:
     """``load_from``: the weights to start from (a path, a URL, True: the published ones), or None."""
-    value = cfg.get("load_from")
-    if not (value is None or isinstance(value, (bool, str))):
-        raise ConfigError(f"load_from={value!r}: a path, a URL, True (the published weights) or None")
-    return value or None
+    return _value(cfg, "load_from", "config", None, _LOAD_FROM)
 
 
 def train_spec(cfg: Config, validate: bool = True) -> TrainSpec:
-    """The :class:`TrainSpec` of ``cfg`` (``validate=False``: no validation, as ``--no-validate``).
-
-    Raises:
-        ConfigError: for a setting this trainer does not implement (the message names the key).
-    """
-    tc, asl = _section(cfg, "train_cfg"), _section(cfg, "auto_scale_lr")
+    """The :class:`TrainSpec` of ``cfg`` (``validate=False``: no validation, as ``--no-validate``)."""
     model = model_spec(cfg, "val")
-    return TrainSpec(
-        model, data_spec(cfg, "train"), loader_spec(cfg, "train"), train_pipeline(cfg),
-        data_spec(cfg, "val") if validate else None, loader_spec(cfg, "val") if validate else None,
-        metrics_spec(cfg, "val"), _get(_section(cfg, "val_cfg"), "fp16", "val_cfg", False, bool),
-        optim_spec(cfg), schedule_spec(cfg), loss_spec(cfg, model.num_classes), ema_spec(cfg),
-        _positive(tc, "max_epochs", "train_cfg", 100), _positive(tc, "val_interval", "train_cfg", 1),
-        _positive(tc, "val_begin", "train_cfg", 1, 0), checkpoint_policy(cfg), runtime_spec(cfg),
-        _get(asl, "enable", "auto_scale_lr", False, bool), _positive(asl, "base_batch_size", "auto_scale_lr", 256),
-        load_from(cfg), _get(cfg, "resume", "config", False, bool), _get(cfg, "work_dir", "config", None, str),
-        _get(cfg, "launcher", "config", "none", str, lambda v: v in ("none", "pytorch"), "'none' or 'pytorch'"),
-        _source(cfg))
+    return read(TrainSpec, cfg, "", model=model, train=data_spec(cfg, "train"), train_loader=loader_spec(cfg, "train"),
+                augment=train_pipeline(cfg), val=data_spec(cfg, "val") if validate else None,
+                val_loader=loader_spec(cfg, "val") if validate else None, val_metrics=metrics_spec(cfg, "val"),
+                optim=optim_spec(cfg), schedule=schedule_spec(cfg), loss=loss_spec(cfg, model.num_classes),
+                ema=ema_spec(cfg), checkpoints=read(CheckpointPolicy, _section(cfg, "default_hooks.checkpoint"),
+                                                    "default_hooks.checkpoint."),
+                runtime=read(RuntimeSpec, cfg, ""), source=_source(cfg))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -769,7 +748,7 @@ def train_spec(cfg: Config, validate: bool = True) -> TrainSpec:
 # ---------------------------------------------------------------------------------------------------------------
 _VIS = Items({"type": Fixed(("LocalVisBackend",), "the run writes log.jsonl and curves.png; TensorBoard and W&B "
                                                   "logging are not implemented")})
-SCHEMA: dict[str, Any] = {
+SCHEMA: dict[str, Any] = join(keys(TrainSpec), keys(RuntimeSpec), keys(EvalSpec), {
     "model": _MODEL,
     "data_preprocessor": _PREPROCESSOR,
     "dataset_type": Variable(ANY, "{train,val,test}_dataloader.dataset.type"),
@@ -782,24 +761,22 @@ SCHEMA: dict[str, Any] = {
     "test_evaluator": _EVALUATOR,
     "optim_wrapper": _OPTIM_WRAPPER,
     "param_scheduler": _PARAM_SCHEDULER,
-    "train_cfg": {**_COMMON, "by_epoch": Fixed((True,), "epoch-based training (max_epochs)"), "max_epochs": ANY,
-                  "val_interval": ANY, "val_begin": ANY},
-    "val_cfg": _TEST_CFG,
-    "test_cfg": _TEST_CFG,
-    "auto_scale_lr": {"base_batch_size": ANY, "enable": ANY},
+    "train_cfg": {"_delete_": ANY, "type": Fixed(("EpochBasedTrainLoop",), "epoch-based training"),
+                  "by_epoch": Fixed((True,), "epoch-based training (max_epochs)")},
+    "val_cfg": {"_delete_": ANY, "type": Fixed(("ValLoop",), "cspnet's own validation")},
+    "test_cfg": {"_delete_": ANY, "type": Fixed(("TestLoop",), "cspnet's own test loop")},
+    "tta_model": _TTA,
     "default_scope": Fixed(("mmpretrain",), "cspnet reads mmpretrain's configs"),
-    "default_hooks": _DEFAULT_HOOKS,
+    "default_hooks": {
+        "timer": _hook("IterTimerHook"), "logger": _hook("LoggerHook"), "param_scheduler": _hook("ParamSchedulerHook"),
+        "checkpoint": _hook("CheckpointHook", **keys(CheckpointPolicy), by_epoch=Fixed((True,), "epoch-based"),
+                            rule=Fixed(("greater",), "the best checkpoint has the highest top-1")),
+        "sampler_seed": _hook("DistSamplerSeedHook"),
+        "visualization": _hook("VisualizationHook", enable=Fixed((False,), "pictures: `cspnet predict --save-vis`")),
+    },
     "custom_hooks": Items(Typed({"EMAHook": _EMA_HOOK})),
-    "env_cfg": _ENV,
+    "env_cfg": {"mp_cfg": {"opencv_num_threads": Fixed((0,), "cspnet does not use OpenCV")}},
     "vis_backends": Variable(_VIS, "visualizer.vis_backends"),
     "visualizer": {"type": Fixed(("UniversalVisualizer", "ClsVisualizer"), "no visualizer: see vis_backends"),
                    "vis_backends": _VIS},
-    "log_level": ANY,
-    "load_from": ANY,
-    "resume": ANY,
-    "randomness": {"seed": ANY, "deterministic": ANY, "diff_rank_seed": ANY},
-    "work_dir": ANY,
-    "launcher": ANY,
-    "sync_bn": ANY,
-    "tta_model": _TTA,
-}
+})
