@@ -81,7 +81,7 @@ def make_dataset(root: Path, num_images: int, num_classes: int = 10) -> Path:
 
 
 def make_checkpoint(root: Path, arch: str) -> Path:
-    from cspnet.weights.checkpoint import save_state_dict
+    from cspnet.weights.files import save_state_dict
 
     path = root / f"{arch}_bench_timm.pth"
     if not path.exists():
@@ -113,13 +113,13 @@ def timm_loop(args) -> int:
     from torchvision.datasets import ImageFolder
 
     from cspnet.data.classes import imagenet_synsets
-    from cspnet.weights.checkpoint import read_state_dict
+    from cspnet.weights.files import read_weights
 
     torch.set_num_threads(args.threads) if args.device == "cpu" else None
     dev = torch.device(args.device)
     torch.backends.cudnn.benchmark = True
     model = timm.create_model(args.arch, pretrained=False)
-    model.load_state_dict(read_state_dict(args.checkpoint)[0])
+    model.load_state_dict(read_weights(args.checkpoint).state_dict)
     model = model.eval().to(dev)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -150,14 +150,13 @@ def stages(args, data: Path, device: torch.device) -> list[list[str]]:
     the model on ready batches."""
     import cspnet
     from cspnet import config as C
-    from cspnet.data.datasets import build_dataset
+    from cspnet.data.loader import build_eval_loader
     from cspnet.data.resample import DecodeForResize, DeviceResize, ResizeBatch, resize_crop
     from cspnet.data.transforms import EvalTransform, _libjpeg_decoder
-    from cspnet.engine.evaluate import build_eval_loader
 
-    cfg = C.load_config(str(common.REPO / common.CONFIGS[args.arch]),
-                        [f"test_dataloader.dataset.data_root={data}"])
-    transform = EvalTransform(C.eval_preset(cfg))
+    spec = C.eval_spec(C.load_config(str(common.REPO / common.CONFIGS[args.arch]),
+                                     [f"test_dataloader.dataset.data_root={data}"]))
+    transform = EvalTransform(spec.model.eval)
     rows = []
 
     def drain(loader, fn=lambda imgs: imgs) -> float:
@@ -174,11 +173,10 @@ def stages(args, data: Path, device: torch.device) -> list[list[str]]:
         common.sync(device)
         return n / (time.perf_counter() - t0)
 
-    kw = C.dataset_kwargs(cfg, "test")
     pin = device.type == "cuda"
 
     def loader(read):
-        return build_eval_loader(build_dataset(**kw, transform=read), args.batch_size, args.workers, 0, 1,
+        return build_eval_loader(spec.data.build(transform=read), args.batch_size, args.workers, 0, 1,
                                  pin_memory=pin)
 
     where = f"{args.workers} workers"
@@ -192,13 +190,13 @@ def stages(args, data: Path, device: torch.device) -> list[list[str]]:
     rows.append([f"loader (decode only) + exact resize + crop on {device.type} (--resize device)", where,
                  f"{rate:,.0f}"])
     if device.type == "cuda":
-        from cspnet.fast import GpuJpegDecoder, JpegReader
+        from cspnet.data.gpu_decode import GpuJpegDecoder, JpegReader
 
         rate = drain(loader(JpegReader(transform.preset)), GpuJpegDecoder(transform.preset, device))
         rows.append(["loader (file bytes) + nvJPEG decode + exact resize + crop (--decode gpu)", where,
                      f"{rate:,.0f}"])
     # The device's share of --resize device: one decoded batch, its pixels already on the device
-    files = [str(path) for path, _ in build_dataset(**kw).samples[: args.batch_size]]
+    files = [str(path) for path, _ in spec.data.build().samples[: args.batch_size]]
     batch = ResizeBatch.pack([DecodeForResize(transform.preset)(f) for f in files])
     batch = batch._replace(pixels=batch.pixels.to(device))
     reps = 20 if device.type == "cuda" else 2

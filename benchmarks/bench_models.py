@@ -45,7 +45,7 @@ class Candidate:
 
 def build_candidates(tm, cm, device: torch.device, dtype: str, args) -> list[Candidate]:
     import cspnet
-    import cspnet.fast
+    import cspnet.optimize
 
     bf16 = dtype == "bf16"
 
@@ -94,7 +94,7 @@ def build_candidates(tm, cm, device: torch.device, dtype: str, args) -> list[Can
         def compiled_graph():
             # graph-capture the module compiled just above (already compiled for this batch), not a second compile
             c = made["c"]
-            return cspnet.fast.InferenceModel(c._run, channels_last=c.channels_last, dtype=c.dtype, cuda_graph=True)
+            return cspnet.optimize.InferenceModel(c._run, channels_last=c.channels_last, dtype=c.dtype, cuda_graph=True)
 
         cands.append(Candidate("cspnet fast + compile", compiled, True, True))
         if args.cuda_graph:

@@ -50,7 +50,7 @@ def main() -> int:
     import cspnet
     from cspnet.data.resample import DecodeForResize, DeviceResize, ResizeBatch
     from cspnet.data.transforms import EvalPreset, EvalTransform
-    from cspnet.fast import GpuJpegDecoder, JpegReader
+    from cspnet.data.gpu_decode import GpuJpegDecoder, JpegReader
     from cspnet.weights.convert import convert_state_dict
 
     info = common.machine(device)

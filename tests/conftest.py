@@ -1,9 +1,16 @@
+import os
 import sys
 from pathlib import Path
 
-import pytest
-import torch
+# One compute thread per test process, and in the processes tests start: the suite runs in two processes on two
+# cores (pytest -n 2), and OpenMP threads spin-waiting for a core held by the other process (or by another job on a
+# loaded machine) make a step ten times slower. Set before torch is imported.
+os.environ["OMP_NUM_THREADS"] = "1"
 
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
 sys.path.insert(0, str(Path(__file__).parent))  # tests/golden.py, tests/httpserver.py
 
 import golden  # noqa: E402
@@ -29,7 +36,7 @@ def isolated_caches(tmp_path_factory, monkeypatch):
 def recipe_checkpoint(tmp_path_factory):
     """``recipe_checkpoint(arch='cspresnet50', layout='timm', suffix='.pth')``: the golden recipe weights of ``arch``
     as a file in ``layout`` (timm's flat state dict, mmpretrain's wrapped one, or cspnet's), made once per kind."""
-    from cspnet.weights.checkpoint import save_state_dict
+    from cspnet.weights.files import save_state_dict
     from cspnet.weights.convert import convert_state_dict
 
     made: dict[tuple[str, str, str], Path] = {}

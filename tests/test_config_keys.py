@@ -22,7 +22,6 @@ from typing import Any, Callable
 import pytest
 
 from cspnet import config as C
-from cspnet.config import resolve
 from cspnet.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]

@@ -20,7 +20,7 @@ import cspnet
 from cspnet.cli import main as cli_main
 from cspnet.data.transforms import EvalPreset, EvalTransform
 from cspnet.data.loader import ShardSampler
-from cspnet.weights.checkpoint import save_state_dict
+from cspnet.weights.files import save_state_dict
 from cspnet.weights.convert import convert_state_dict
 from golden import recipe_state_dict
 from httpserver import FileServer
@@ -67,11 +67,11 @@ def run_test(capsys, *args: str) -> tuple[int, str, str]:
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
+def data(tmp_path_factory, recipe_checkpoint):
     """7 images in the three layouts, labelled so top-1/top-5 are neither 0 nor 100, and a cspresnet50 checkpoint."""
     d = tmp_path_factory.mktemp("eval")
     images = make_images(d / "images")
-    ckpt = save_state_dict(recipe_state_dict("cspresnet50"), d / "cspresnet50.pth", "timm")
+    ckpt = recipe_checkpoint("cspresnet50")
     model = cspnet.get_model("cspresnet50", pretrained=ckpt)
     scores = scores_of(model, images, EvalPreset(64, 56))
     labels = labels_at_ranks(scores, RANKS)
@@ -129,6 +129,7 @@ def test_tta_and_out_file(data, capsys, tmp_path):
     assert any(n.endswith(".log") for n in work)
 
 
+@pytest.mark.slow
 def test_two_torchrun_processes_give_the_single_process_numbers(data, capsys, tmp_path):
     rc, out, err = run_test(capsys, R50, data["ckpt"], "--out", str(tmp_path / "one.json"), "--num-workers", "0",
                             "--cfg-options", *SMALL, f"test_dataloader.dataset.data_root={data['roots']['meta']}")
@@ -149,6 +150,7 @@ def test_two_torchrun_processes_give_the_single_process_numbers(data, capsys, tm
            [(p["path"], p["label"], p["pred_label"], p["top5"]) for p in one["predictions"]]
 
 
+@pytest.mark.slow
 def test_the_seed_command_line_with_a_url_and_a_file(tmp_path, monkeypatch, capsys):
     """``python tools/test.py configs/cspnet/cspdarknet50_8xb32_in1k.py CHECKPOINT``, unchanged, from a folder whose
     data/imagenet is a small dataset."""

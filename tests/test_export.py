@@ -73,6 +73,7 @@ def test_onnx_metadata(model, dynamic_onnx):
     assert props["model"]["name"] == "cspresnet50.ra_in1k" and props["model"]["input"]["dtype"] == "float32"
 
 
+@pytest.mark.slow
 def test_onnx_runs_where_cspnet_cannot_be_imported(dynamic_onnx, tmp_path):
     # -I -S: no PYTHONPATH, no site processing, so no .pth file (the editable install of cspnet) is read;
     # only the site-packages folders themselves, for onnxruntime and numpy, are put on the path.

@@ -11,7 +11,7 @@ import pytest
 
 import cspnet
 from cspnet.cli.listing import markdown_table
-from cspnet.weights.checkpoint import save_state_dict
+from cspnet.weights.files import save_state_dict
 from golden import DEMO, SHARED, logits_meta, recipe_state_dict
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,6 +30,7 @@ def seed_snippets() -> list[str]:
     return re.findall(r"```python\n(.*?)```", SEED.read_text(), flags=re.S)
 
 
+@pytest.mark.slow
 def test_seed_snippets_run_unchanged(weights_dir):
     snippets = seed_snippets()
     assert len(snippets) == 2

@@ -9,7 +9,7 @@ import torch
 import cspnet
 from cspnet.errors import DownloadError, WeightsNotFoundError
 from cspnet.weights import convert
-from cspnet.weights.checkpoint import save_state_dict
+from cspnet.weights.files import save_state_dict
 from cspnet.weights.sources import download
 from golden import recipe_state_dict
 from httpserver import FileServer, unused_port

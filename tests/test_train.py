@@ -303,14 +303,13 @@ def test_bad_input_errors(tmp_path, data, reference, capsys):
     assert "model.head.num_classes=4" in capsys.readouterr().err
 
 
-def test_finetune_from_golden_recipe_checkpoint_with_frozen_backbone(tmp_path):
+def test_finetune_from_golden_recipe_checkpoint_with_frozen_backbone(tmp_path, recipe_checkpoint):
     data = tmp_path / "data"
     make_images(data / "train", 10, 2, seed=0)
     make_images(data / "val", 10, 1, seed=1)
     weights = golden.recipe_state_dict("cspresnet50")  # timm layout, 1000-class head
-    torch.save(weights, tmp_path / "recipe.pth")
     cfg = write_config(tmp_path / "cfg.py", data, f"""
-load_from = {str(tmp_path / 'recipe.pth')!r}
+load_from = {str(recipe_checkpoint('cspresnet50'))!r}
 model['backbone'] = dict(frozen_stages=3)
 """, classes=10, epochs=1)
     wd = tmp_path / "wd"
@@ -327,6 +326,7 @@ model['backbone'] = dict(frozen_stages=3)
     assert not torch.equal(sd["head.fc.weight"], fresh)
 
 
+@pytest.mark.slow
 def test_ema_amp_accumulation_clipping_smoothing(tmp_path, data):
     cfg = write_config(tmp_path / "cfg.py", data, """
 optim_wrapper = dict(type='AmpOptimWrapper', dtype='bfloat16', accumulative_counts=2, clip_grad=dict(max_norm=5.0),

@@ -11,23 +11,17 @@ import cspnet
 from cspnet.cli import main as cli
 from cspnet.errors import CheckpointError
 from cspnet.weights import convert
-from cspnet.weights.checkpoint import read_weights, save_state_dict
+from cspnet.weights.files import read_weights
 from golden import ARCH_NAMES, golden_inputs, golden_logits, logits_meta, read_keys, recipe_state_dict
 
 MM_NAMES = {a: logits_meta()["models"][a]["mmpretrain_name"] for a in ARCH_NAMES}
 
 
 @pytest.fixture(scope="module")
-def golden_files(tmp_path_factory):
+def golden_files(recipe_checkpoint):
     """Per arch: the recipe weights as a timm-layout safetensors file and an mmpretrain-layout .pth file."""
-    d = tmp_path_factory.mktemp("golden_ckpt")
-    files = {}
-    for arch in ARCH_NAMES:
-        sd = recipe_state_dict(arch)
-        timm_file = save_state_dict(sd, d / f"{arch}.safetensors", "timm")
-        mm_file = save_state_dict(convert.convert_state_dict(sd, arch, "mmpretrain"), d / f"{MM_NAMES[arch]}.pth", "mmpretrain")
-        files[arch] = {"timm": timm_file, "mmpretrain": mm_file}
-    return files
+    return {arch: {"timm": recipe_checkpoint(arch, "timm", ".safetensors"),
+                   "mmpretrain": recipe_checkpoint(arch, "mmpretrain", ".pth")} for arch in ARCH_NAMES}
 
 
 @pytest.mark.parametrize("arch", ARCH_NAMES)
@@ -113,6 +107,7 @@ def test_cli_convert_round_trip(golden_files, tmp_path):
     assert torch.load(c, weights_only=True).keys() == {"state_dict", "meta"}  # untouched
 
 
+@pytest.mark.slow
 def test_predict_cli_with_weights_file(golden_files):
     out = subprocess.run(
         [sys.executable, "-m", "cspnet", "predict", "demo/bird.JPEG", "--weights", str(golden_files["cspdarknet53"]["timm"])],

@@ -9,6 +9,7 @@ preprocessing come back with :meth:`ModelSpec.from_meta`.
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Mapping
 
@@ -91,21 +92,25 @@ class ModelSpec:
     def of(cls, model: ImageClassifier) -> "ModelSpec":
         """The spec of a live classifier, read from the module itself (after any ``reset_classifier`` or
         ``model.transform = ...``), so that nothing can go stale."""
+        import inspect
+
         backbone = model.backbone
         if model.transform is None:
             raise InvalidOptionError(f"{getattr(model, 'name', 'the model')} has no eval preprocessing: set "
                                      f"model.transform = cspnet.get_transform(...) first")
-        options = BackboneOptions(out_indices=backbone.out_indices, frozen_stages=backbone.frozen_stages,
-                                  norm_eval=backbone.norm_eval, in_chans=backbone.stem.conv1.conv.in_channels)
+        live = {"in_chans": backbone.stem.conv1.conv.in_channels, "out_indices": backbone.out_indices,
+                "frozen_stages": backbone.frozen_stages, "norm_eval": backbone.norm_eval}
+        defaults = {k: p.default for k, p in inspect.signature(type(backbone)).parameters.items()}
+        defaults["out_indices"] = (backbone.arch.num_stages - 1,)  # CSPNet's -1, resolved
+        options = BackboneOptions(**{k: v for k, v in live.items() if v != defaults[k]})
         classes = tuple(model.classes) if model.classes is not None else None
         return cls(backbone.arch.name, model.transform.preset, model.num_classes, classes, model.head.drop.p, options,
                    getattr(model, "name", ""))
 
     def to_meta(self) -> dict[str, Any]:
         """Plain JSON data: what checkpoints and exports store."""
-        meta = dataclasses.asdict(self)
-        meta["backbone"] = self.backbone.kwargs()
-        return {"spec_version": SPEC_VERSION, **meta}
+        meta = {"spec_version": SPEC_VERSION, **dataclasses.asdict(self), "backbone": self.backbone.kwargs()}
+        return json.loads(json.dumps(meta))  # tuples as lists: what reading a file gives back
 
     @classmethod
     def from_meta(cls, meta: Any, source: str) -> "ModelSpec":

@@ -8,7 +8,6 @@ from a file decide the head, the class names and the eval preprocessing unless t
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any, Mapping
 
 import torch
@@ -101,9 +100,9 @@ def get_model(
             spec = spec.replace(classes=found.spec.classes)
     if spec is None:
         raise InvalidOptionError("get_model(None, ...) needs pretrained= a checkpoint file, which names the model")
-    spec = with_options(spec, num_classes, backbone, head, **kwargs)
-    if features_only and (spec.drop_rate or num_classes not in (None, 0)):
+    if features_only and ("drop_rate" in kwargs or num_classes not in (None, 0)):
         raise InvalidOptionError("features_only=True builds the backbone alone: it takes no num_classes/drop_rate")
+    spec = with_options(spec, num_classes, backbone, head, **kwargs)
     model = spec.build(features_only)
     if found is not None:
         if not features_only and found.num_classes not in (None, spec.num_classes):

@@ -19,6 +19,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", default=None, metavar="PATH",
                    help="output image (default: <image stem>.cam.png in the current folder)")
     p.add_argument("--alpha", type=float, default=0.5, help="heatmap opacity, 0 to 1 (default %(default)s)")
+    p.add_argument("--json", action="store_true", help="print what was drawn as JSON")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -37,6 +38,12 @@ def run(args: argparse.Namespace) -> int:
     prob = logits.softmax(dim=1)[0]
     label = int(classes[0])
     name = model.classes[label] if model.classes is not None else f"class {label}"
+    if args.json:
+        import json
+
+        print(json.dumps({"output": str(output), "model": model.name, "layer": layer, "class": label, "name": name,
+                          "score": float(prob[label]), "top_class": int(prob.argmax())}, indent=2))
+        return 0
     print(f"wrote {output} ({crop.shape[2]}x{crop.shape[1]}, {model.name}, layer {layer}): "
           f"Grad-CAM of [{label}] {name} (score {100 * float(prob[label]):.2f}%, top class {int(prob.argmax())})")
     return 0

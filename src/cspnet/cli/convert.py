@@ -26,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
     from .. import weights
     from ..errors import InvalidOptionError
     from ..weights import convert
-    from ..weights.checkpoint import save_state_dict
+    from ..weights.files import save_state_dict
     from ..weights.records import get_weights_info
 
     src, dst = Path(args.src), Path(args.dst)

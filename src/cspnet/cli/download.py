@@ -11,6 +11,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("names", nargs="*", metavar="NAME", help="models to fetch (default: all three)")
     p.add_argument("--dest", default=None, help="also copy each file here as <weights name>.<ext>")
     p.add_argument("--mirror", default=None, help="base URL of a mirror (as $CSPNET_MIRROR)")
+    p.add_argument("--json", action="store_true", help="print where each file is as JSON")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -22,13 +23,18 @@ def run(args: argparse.Namespace) -> int:
     from ..weights.records import WEIGHTS, get_weights_info
 
     infos = list(dict.fromkeys(get_weights_info(n) for n in args.names)) if args.names else list(WEIGHTS)
+    rows = []
     for info in infos:
         path = resolve(info.name, info.sources, mirror=args.mirror)
-        line = f"{info.name}: {path}"
+        rows.append({"name": info.name, "path": str(path)})
         if args.dest:
             suffix = ".safetensors" if path.suffix == ".safetensors" else ".pth"
-            dst = Path(args.dest) / f"{info.name}{suffix}"
-            atomic_write(dst, lambda tmp: shutil.copyfile(path, tmp))
-            line += f" -> {dst}"
-        print(line)
+            dst = atomic_write(Path(args.dest) / f"{info.name}{suffix}", lambda tmp: shutil.copyfile(path, tmp))
+            rows[-1]["dest"] = str(dst)
+        if not args.json:
+            print(f"{info.name}: {path}" + (f" -> {rows[-1]['dest']}" if args.dest else ""))
+    if args.json:
+        import json
+
+        print(json.dumps(rows, indent=2))
     return 0

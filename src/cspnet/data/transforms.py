@@ -12,7 +12,6 @@ import functools
 import io
 import os
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
 
@@ -21,16 +20,12 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import ImageError
-from .presets import IMAGENET_MEAN, IMAGENET_STD, INTERPOLATIONS, EvalPreset
+from .presets import IMAGENET_MEAN, IMAGENET_STD, INTERPOLATIONS, EvalPreset  # noqa: F401 (re-exported)
 
 ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray]
 
 # Pillow's filter for each interpolation name of a preset
 RESAMPLING = {name: getattr(Image.Resampling, name.upper()) for name in INTERPOLATIONS}
-
-
-def _describe(image) -> str:
-    return repr(str(image)) if isinstance(image, (str, os.PathLike)) else f"<{type(image).__name__}>"
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

@@ -28,7 +28,7 @@ import torch
 from .._io import atomic_path, atomic_write
 from ..errors import CheckpointError
 from ..spec import ModelSpec
-from ..weights.checkpoint import read_checkpoint
+from ..weights.files import read_file
 
 LAST = "last_checkpoint"
 _REQUIRED = ("model", "optimizer", "epoch", "step", "meta")
@@ -90,7 +90,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
         CheckpointError: the file is missing, corrupt, unsafe, or holds only weights (use ``load_from`` for
             fine-tuning from weights).
     """
-    ckpt, _ = read_checkpoint(path)
+    ckpt, _ = read_file(path)
     missing = [k for k in _REQUIRED if not isinstance(ckpt, Mapping) or k not in ckpt]
     if missing:
         raise CheckpointError(

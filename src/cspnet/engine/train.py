@@ -247,8 +247,8 @@ def _optimizer_step(run: TrainRun) -> None:
 def _sync_buffers(module: nn.Module) -> None:
     """Rank 0's BN statistics everywhere, so every rank evaluates (and would save) the same model."""
     if is_distributed():
-        for b in module.buffers():
-            torch.distributed.broadcast(b, 0)
+        for buffer in module.buffers():
+            torch.distributed.broadcast(buffer, 0)
 
 
 def validate(run: TrainRun, epoch: int) -> dict:
@@ -279,7 +279,7 @@ def validate(run: TrainRun, epoch: int) -> dict:
 # --------------------------------------------------------------------------------------------------------------
 # Checkpoints
 # --------------------------------------------------------------------------------------------------------------
-def _state(run: TrainRun, epoch: int, it: int, rngs: list) -> dict:
+def _state(run: TrainRun, epoch: int, iteration: int, rngs: list) -> dict:
     keep = run.spec.checkpoints.optimizer  # save_optimizer=False: weights and position only; not resumable
     return {
         "model": run.model.state_dict(),
@@ -287,20 +287,20 @@ def _state(run: TrainRun, epoch: int, it: int, rngs: list) -> dict:
         "scaler": run.scaler.state_dict() if keep and run.scaler.is_enabled() else None,
         "ema": run.ema.module.state_dict() if run.ema is not None else None,
         "ema_steps": run.ema.steps if run.ema is not None else 0,
-        "epoch": epoch, "iter": it, "step": run.step, "rng": rngs, "seed": run.seed, "best": dict(run.best),
+        "epoch": epoch, "iter": iteration, "step": run.step, "rng": rngs, "seed": run.seed, "best": dict(run.best),
         "meta": {"spec": run.model_spec.to_meta(), "dataset_meta": {"classes": list(run.model_spec.classes or ())},
                  "cspnet_version": __version__},
         "config": run.spec.source.text,
     }
 
 
-def _save(run: TrainRun, epoch: int, it: int, name: str) -> Path:
-    """Write ``name`` (rank 0) with every rank's RNG state. ``epoch``: epochs done; ``it``: iterations done in the
-    next one. Returns the path (on every rank)."""
+def _save(run: TrainRun, epoch: int, iteration: int, name: str) -> Path:
+    """Write ``name`` (rank 0) with every rank's RNG state. ``epoch``: epochs done; ``iteration``: iterations done
+    in the next one. Returns the path (on every rank)."""
     rngs = all_gather_object(ckpt_lib.rng_state())  # a collective: every rank calls _save at the same point
     path = run.work_dir / name
     if run.dist.is_main:
-        ckpt_lib.save_checkpoint(_state(run, epoch, it, rngs), path)
+        ckpt_lib.save_checkpoint(_state(run, epoch, iteration, rngs), path)
         log.info("saved checkpoint %s", path)
     return path
 
@@ -309,13 +309,13 @@ def _prune(run: TrainRun) -> None:
     """Drop interrupt checkpoints made obsolete by an epoch checkpoint, and epochs beyond ``max_keep_ckpts``."""
     if not run.dist.is_main:
         return
-    for p in run.work_dir.glob("iter_*.pth"):
-        p.unlink(missing_ok=True)
+    for path in run.work_dir.glob("iter_*.pth"):
+        path.unlink(missing_ok=True)
     keep = run.spec.checkpoints.max_keep
     if keep > 0:
         epochs = sorted(run.work_dir.glob("epoch_*.pth"), key=lambda p: int(p.stem.split("_")[1]))
-        for p in epochs[:-keep]:
-            p.unlink(missing_ok=True)
+        for path in epochs[:-keep]:
+            path.unlink(missing_ok=True)
 
 
 def _resume(run: TrainRun, checkpoint: dict, path: Path) -> tuple[int, int]:
@@ -420,10 +420,10 @@ def _build_data(spec: TrainSpec, dist: DistInfo, seed: int, num_classes: int):
     val_loader, eval_transform = None, EvalTransform(spec.model.eval)
     if spec.val is not None:
         val_set = spec.val.build(transform=eval_transform.to_uint8)
-        vl = spec.val_loader
-        val_loader = build_eval_loader(val_set, vl.batch_size, vl.num_workers, dist.rank, dist.world_size,
-                                       pin_memory=vl.pin_memory, persistent_workers=vl.persistent_workers,
-                                       prefetch_factor=vl.prefetch_factor)
+        settings = spec.val_loader
+        val_loader = build_eval_loader(val_set, settings.batch_size, settings.num_workers, dist.rank, dist.world_size,
+                                       pin_memory=settings.pin_memory, persistent_workers=settings.persistent_workers,
+                                       prefetch_factor=settings.prefetch_factor)
     log.info("train: %s; val: %s", train_set.describe(), val_loader.dataset.dataset.describe() if val_loader else "off")
     return sampler, train_loader, val_loader, eval_transform, tuple(train_set.classes)
 
@@ -502,13 +502,13 @@ def fit(spec: TrainSpec, work_dir: str | os.PathLike | None = None, resume_from:
             work_dir.mkdir(parents=True, exist_ok=True)
         setup_logging(dist.rank, spec.runtime.log_level, work_dir / "train.log")
         with StopRequest() as stop:
-            run, epoch, it = setup_run(spec, work_dir, dist, Path(resume_from) if resume_from else None, stop, where)
+            run, epoch, start_iter = setup_run(spec, work_dir, dist, Path(resume_from) if resume_from else None, stop, where)
             if dist.is_main:
                 if resume_from:
                     _truncate_log(work_dir, run.step)
                 spec.source.dump(work_dir)
             _log_start(run, epoch)
-            return _fit_loop(run, epoch, it)
+            return _fit_loop(run, epoch, start_iter)
     finally:
         torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved[2], saved[3]
@@ -525,13 +525,13 @@ def _log_start(run: TrainRun, epoch: int) -> None:
              f"momentum {spec.ema.momentum}" if spec.ema else "off", run.seed, run.work_dir)
 
 
-def _fit_loop(run: TrainRun, epoch: int, it: int) -> dict:
+def _fit_loop(run: TrainRun, epoch: int, start_iter: int) -> dict:
     spec, policy = run.spec, run.spec.checkpoints
     run.t_start = time.perf_counter()
     last: dict = {}
     for epoch in range(epoch, spec.max_epochs):
-        stop = train_one_epoch(run, epoch, it)
-        it = 0
+        stop = train_one_epoch(run, epoch, start_iter)
+        start_iter = 0
         done = epoch + 1
         _sync_buffers(run.model)  # before validating and saving: both need the same model on every rank
         improved = False

@@ -1,5 +1,5 @@
 """Weights: the published records (:mod:`.records`), where files come from (:mod:`.sources`), reading and writing
-them (:mod:`.checkpoint`), their three layouts (:mod:`.convert`), and the one call that does it all
+them (:mod:`.files`), their three layouts (:mod:`.convert`), and the one call that does it all
 (:mod:`.loading`): ``cspnet.weights.load(model_or_spec, pretrained, **where)``: resolve -> read -> convert -> load.
 """
 

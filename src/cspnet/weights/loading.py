@@ -1,5 +1,5 @@
 """The one weights call, ``load(model_or_spec, pretrained, **where)``: resolve (:mod:`.sources`) -> read
-(:mod:`.checkpoint`) -> convert (:mod:`.convert`) -> load; and its halves, :func:`read` and :func:`load_state`."""
+(:mod:`.files`) -> convert (:mod:`.convert`) -> load; and its halves, :func:`read` and :func:`load_state`."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from ..errors import CheckpointError, InvalidOptionError
 from ..models import CSPArch, CSPNet, ImageClassifier
 from ..spec import ModelSpec
 from . import convert
-from .checkpoint import read_weights
+from .files import read_weights
 from .records import WEIGHTS, get_weights_info
 from .sources import fetch_url, is_url, resolve
 
@@ -68,7 +68,7 @@ def read(pretrained: Pretrained, arch: CSPArch | str | None = None, *, use_ema: 
     """resolve -> read -> convert: the weights ``pretrained`` names, for ``arch`` (None: whichever the file holds).
 
     ``pretrained``: True (the published weights of ``arch``), a path, a URL, or a state dict in any layout.
-    ``use_ema``: see :func:`cspnet.weights.checkpoint.read_weights`.
+    ``use_ema``: see :func:`cspnet.weights.files.read_weights`.
 
     Raises:
         CheckpointError: the weights are of another architecture (named), or do not fit (every key listed).

@@ -1,8 +1,8 @@
-"""Reading and writing checkpoint files safely: safetensors, or ``torch.load(weights_only=True)``.
+"""Weight files, read and written safely: safetensors, or ``torch.load(weights_only=True)``.
 
 A pickle that would import or call anything beyond tensors and plain containers is refused before any of its code
-runs. Training checkpoints, mmpretrain's ``{'state_dict', 'meta'}`` and timm's flat files are unwrapped here, in
-one place.
+runs. Training checkpoints (a run's whole state), mmpretrain's ``{'state_dict', 'meta'}`` and timm's flat files are
+unwrapped here, in one place, into the weights they hold and what they say about their model.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def _torch_load(path: Path) -> Any:
         ) from None
 
 
-def read_checkpoint(path: str | os.PathLike) -> tuple[Any, dict]:
+def read_file(path: str | os.PathLike) -> tuple[Any, dict]:
     """Read a ``.safetensors`` or torch file. Returns ``(object, metadata)`` (metadata: safetensors header dict).
 
     Raises:
@@ -128,7 +128,7 @@ class WeightsFile:
 def read_weights(path: str | os.PathLike, use_ema: bool | None = None) -> WeightsFile:
     """Read any weights file. ``use_ema``: True takes the EMA weights (an error if there are none); None takes them
     when the file's training run selected its best epoch by the EMA's accuracy; False never."""
-    obj, header = read_checkpoint(path)
+    obj, header = read_file(path)
     source = f"checkpoint {str(path)!r}"
     meta = obj.get("meta") if isinstance(obj, Mapping) else None
     meta = meta if isinstance(meta, Mapping) else {}
