@@ -111,6 +111,19 @@ def test_resize_on_the_device_gives_the_loaders_predictions(data, capsys, tmp_pa
     assert runs["loader"][1] == runs["device"][1]  # scores included: the same pixels went in
 
 
+def test_run_test_from_python(data):
+    """What ``cspnet test`` runs, from a config, without the command line."""
+    from cspnet.config import eval_spec, load_config
+    from cspnet.engine.distributed import init_distributed
+    from cspnet.engine.evaluate import run_test
+
+    spec = eval_spec(load_config(R50, [*SMALL, f"test_dataloader.dataset.data_root={data['roots']['folder']}",
+                                       "test_dataloader.num_workers=0"]))
+    done = run_test(spec, data["ckpt"], init_distributed(device="cpu"))
+    top1, top5 = (round(done.result.metrics[f"accuracy/top{k}"], 4) for k in (1, 5))
+    assert (top1, top5) == data["expected"] and done.summary["num_samples"] == 7
+
+
 def test_tta_and_out_file(data, capsys, tmp_path):
     out_file = tmp_path / "res" / "preds.json"
     rc, out, err = run_test(capsys, R50, data["ckpt"], "--tta", "--out", str(out_file), "--work-dir",

@@ -81,6 +81,17 @@ def test_every_command_builds_the_checkpoints_model(pets, tmp_path, capsys):
     assert model.head.drop.p == 0.1 and model.backbone.frozen_stages == 1
 
 
+def test_the_one_weights_call(pets):
+    """``weights.load(model_or_spec, pretrained)``: resolve -> read -> convert -> load, into a model or a spec."""
+    src, spec, sd = pets
+    built = cspnet.weights.load(spec, src)
+    assert built.classes == list(NAMES) and torch.equal(built.head.fc.weight, sd["head.fc.weight"])
+    model = ImageClassifier("cspresnet50", 3)
+    assert cspnet.weights.load(model, src) is model and torch.equal(model.head.fc.bias, sd["head.fc.bias"])
+    with pytest.raises(CheckpointError, match="holds cspresnet50 weights, not cspdarknet53"):
+        cspnet.weights.load(ImageClassifier("cspdarknet53", 3), src)
+
+
 def test_options_confirm_or_deliberately_replace(pets):
     src, spec, sd = pets
     assert cspnet.get_model("cspresnet50", pretrained=src, num_classes=3).classes == list(NAMES)  # confirmed
@@ -138,3 +149,16 @@ def test_cspnet_test_evaluates_the_checkpoint_with_its_classes(pets, tmp_path, c
     assert re.search(r"^accuracy/top1: (\S+)$", out, re.M).group(1) == f"{100 * sum(hits) / len(hits):.4f}", out
     assert cli(["test", *common, "model.head.num_classes=3", "test_dataloader.dataset.classes=[dog,cat,fox]"]) == 2
     assert "trained on classes ['cat', 'dog', 'fox']" in capsys.readouterr().err  # labels would mean other classes
+
+
+@pytest.mark.parametrize("change", [{"spec_version": 2}, {"extra": 1}, {"eval": 5}, {"classes": ["a"]}, {"arch": 5},
+                                    {"backbone": {"bogus": 1}}, {"num_classes": -1}])
+def test_a_damaged_spec_is_refused_naming_the_file(pets, tmp_path, change):
+    _, spec, sd = pets
+    path = save_state_dict(sd, tmp_path / "bad.safetensors", "cspnet")
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(path),
+              metadata={"spec": json.dumps({**spec.to_meta(), **change})})
+    with pytest.raises(CheckpointError, match=r"bad.safetensors'.*recorded model spec is unreadable"):
+        cspnet.get_model(path)

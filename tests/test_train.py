@@ -311,9 +311,13 @@ def test_finetune_from_golden_recipe_checkpoint_with_frozen_backbone(tmp_path, r
     cfg = write_config(tmp_path / "cfg.py", data, f"""
 load_from = {str(recipe_checkpoint('cspresnet50'))!r}
 model['backbone'] = dict(frozen_stages=3)
+default_hooks = dict(checkpoint=dict(save_optimizer=False, save_best=False))
 """, classes=10, epochs=1)
     wd = tmp_path / "wd"
     assert cli(["train", str(cfg), "--work-dir", str(wd)]) == 0
+    # save_optimizer=False: weights only (a quarter of the size here), which cannot be resumed; save_best=False
+    assert sorted(p.name for p in wd.glob("*.pth")) == ["epoch_1.pth"] and load(wd / "epoch_1.pth")["optimizer"] is None
+    assert cli(["train", str(cfg), "--work-dir", str(tmp_path / "wd2"), "--resume", str(wd / "epoch_1.pth")]) == 2
     sd = load(wd / "epoch_1.pth")["model"]
     # every backbone weight and BN statistic is the checkpoint's (loaded, then frozen); the 10-class head trained
     for k, v in weights.items():

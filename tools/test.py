@@ -7,7 +7,7 @@ The same command as ``cspnet test`` (``--help`` lists the options); multi-GPU:
 
 import sys
 
-from cspnet.cli.test import main
+from cspnet.cli import script
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(script("test"))

@@ -7,7 +7,7 @@ The same command as ``cspnet train`` (``--help`` lists the options); multi-GPU:
 
 import sys
 
-from cspnet.cli.train import main
+from cspnet.cli import script
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(script("train"))

@@ -4,9 +4,8 @@ Counting convention (the one of fvcore and of mmengine's ``get_model_complexity_
 "FLOPs" column): one multiply-accumulate (MAC) per conv/linear weight use, 2 per element for an inference-mode
 BatchNorm (scale and shift), 1 per input element for global average pooling; activations, additions and
 concatenations are free. The seed's 5.04 / 3.48 / 3.11 G are these MACs for backbone + global pool at 224x224, head
-excluded (mmengine gives 5.027 / 3.475 / 3.097; the metafile's slightly higher values came from an older counter).
-``Analysis.macs`` is that figure; ``macs_conv`` is the conv-only part and ``macs_head`` the linear classifier.
-timm's model cards quote the whole model, ``macs + macs_head`` (6.57 / 4.54 / 4.05 G at 256x256).
+excluded (mmengine gives 5.027 / 3.475 / 3.097; the metafile's slightly higher values came from an older counter):
+:attr:`Analysis.macs`. timm's model cards quote the whole model, ``macs + macs_head`` (6.57 / 4.54 / 4.05 G at 256x256).
 
 The counts come from :class:`torch.utils.flop_counter.FlopCounterMode` over one forward pass on *meta* tensors: the
 real weights are swapped for shape-only stand-ins with ``torch.func.functional_call``, so analysing a 1024x1024 input
@@ -54,13 +53,8 @@ def _output_elements(*args, out_shape=None, **kwargs):
 
 # Eval-mode BatchNorm reaches the dispatcher as _native_batch_norm_legit_no_training (or native_batch_norm with
 # training=False on some paths); both take (input, weight, ...).
-_MACS = {
-    aten.convolution: _conv_macs,
-    aten.addmm: _addmm_macs,
-    aten._native_batch_norm_legit_no_training: _norm_macs,
-    aten.native_batch_norm: _norm_macs,
-    aten.mean: _mean_macs,
-}
+_MACS = {aten.convolution: _conv_macs, aten.addmm: _addmm_macs, aten._native_batch_norm_legit_no_training: _norm_macs,
+         aten.native_batch_norm: _norm_macs, aten.mean: _mean_macs}
 # fvcore's activation count: elements output by convolutions (the backbone has no other matmul-like op)
 _ACTIVATIONS = {aten.convolution: _output_elements}
 
@@ -77,12 +71,10 @@ class PartCost:
 
 @dataclass(frozen=True)
 class Analysis:
-    """The cost of one model at one input resolution (batch 1). All counts are plain integers.
-
-    ``macs``: backbone + global pool, the seed's "FLOPs" column (conv + BatchNorm + pool, head excluded);
-    ``macs_conv``: the convolutions alone; ``macs_head``: the linear classifier; ``activations``: elements output by
-    the backbone's convolutions (fvcore's count); ``parts``: the same per stem, stage, pool and head.
-    """
+    """The cost of one model at one input resolution (batch 1). All counts are plain integers. ``macs``: backbone +
+    global pool, the seed's "FLOPs" column (conv + BatchNorm + pool, head excluded); ``macs_conv``: the convolutions
+    alone; ``macs_head``: the linear classifier; ``activations``: elements output by the backbone's convolutions
+    (fvcore's count); ``parts``: the same per stem, stage, pool and head."""
 
     model: str
     resolution: tuple[int, int]
@@ -96,14 +88,10 @@ class Analysis:
     parts: tuple[PartCost, ...]
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        d["resolution"] = list(self.resolution)
-        d["convention"] = (
-            "MACs (multiply-accumulates) for batch 1 at `resolution` (H, W): conv/linear weight uses + 2 per "
-            "BatchNorm element + 1 per pooled element (fvcore/mmengine); `macs` = backbone + global pool, head "
-            "excluded; activations = elements output by convolutions"
-        )
-        return d
+        convention = ("MACs (multiply-accumulates) for batch 1 at `resolution` (H, W): conv/linear weight uses + 2 per "
+                      "BatchNorm element + 1 per pooled element (fvcore/mmengine); `macs` = backbone + global pool, "
+                      "head excluded; activations = elements output by convolutions")
+        return {**asdict(self), "resolution": list(self.resolution), "convention": convention}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
@@ -112,25 +100,18 @@ class Analysis:
         """A table for people: every number carries its resolution."""
         h, w = self.resolution
         at = f"@{h}x{w}"
-        rows = [
-            f"{self.model} at {h}x{w} (batch 1)",
-            f"{'part':<10} {'GMACs' + at:>16} {'params (M)':>11} {'MActs' + at:>16}",
-        ]
-        for p in self.parts:
-            rows.append(f"{p.name:<10} {p.macs / 1e9:>16.4f} {p.params / 1e6:>11.3f} {p.activations / 1e6:>16.3f}")
-        if any(p.name == "pool" for p in self.parts):
-            what = (f"backbone + global pool (the seed's FLOPs column; conv {self.macs_conv / 1e9:.3f} G + BatchNorm "
-                    f"+ pool)")
-        else:
-            what = f"backbone (conv {self.macs_conv / 1e9:.3f} G + BatchNorm)"
-        rows += [
-            "",
-            f"MACs {at}: {self.macs / 1e9:.3f} G {what}; head {self.macs_head / 1e9:.4f} G; whole model "
-            f"{(self.macs + self.macs_head) / 1e9:.3f} G",
-            f"params: {self.params / 1e6:.3f} M = backbone {self.params_backbone / 1e6:.3f} M + head "
-            f"{self.params_head / 1e6:.3f} M (resolution-independent)",
-            f"activations {at}: {self.activations / 1e6:.3f} M (elements output by convolutions)",
-        ]
+        rows = [f"{self.model} at {h}x{w} (batch 1)",
+                f"{'part':<10} {'GMACs' + at:>16} {'params (M)':>11} {'MActs' + at:>16}"]
+        rows += [f"{p.name:<10} {p.macs / 1e9:>16.4f} {p.params / 1e6:>11.3f} {p.activations / 1e6:>16.3f}"
+                 for p in self.parts]
+        conv = f"conv {self.macs_conv / 1e9:.3f} G + BatchNorm"
+        pooled = any(p.name == "pool" for p in self.parts)
+        what = f"backbone + global pool (the seed's FLOPs column; {conv} + pool)" if pooled else f"backbone ({conv})"
+        rows += ["", f"MACs {at}: {self.macs / 1e9:.3f} G {what}; head {self.macs_head / 1e9:.4f} G; whole model "
+                     f"{(self.macs + self.macs_head) / 1e9:.3f} G",
+                 f"params: {self.params / 1e6:.3f} M = backbone {self.params_backbone / 1e6:.3f} M + head "
+                 f"{self.params_head / 1e6:.3f} M (resolution-independent)",
+                 f"activations {at}: {self.activations / 1e6:.3f} M (elements output by convolutions)"]
         return "\n".join(rows)
 
 
@@ -138,8 +119,7 @@ def resolution(size: int | Sequence[int], name: str = "shape", minimum: int = 1)
     """An input size given as ``N``, ``[N]`` or ``(H, W)`` -> ``(H, W)``, each at least ``minimum``; else
     :class:`~cspnet.errors.InvalidOptionError` naming the argument ``name``."""
     hw = (size, size) if isinstance(size, int) else tuple(size)
-    if len(hw) == 1:
-        hw = (hw[0], hw[0])
+    hw = hw * 2 if len(hw) == 1 else hw
     if len(hw) != 2 or not all(isinstance(s, int) and s >= minimum for s in hw):
         least = "positive" if minimum == 1 else f"at least {minimum} (the network's stride)"
         raise InvalidOptionError(f"{name}={size!r}: give one size or (H, W), each {least}")
@@ -176,9 +156,8 @@ def analyze(model: ImageClassifier | CSPNet | str, shape: int | Sequence[int] = 
     elif isinstance(model, CSPNet):
         backbone, head = model, None
     else:
-        raise InvalidOptionError(
-            f"analyze() takes an ImageClassifier, a CSPNet or a model name, not {type(model).__name__}"
-        )
+        raise InvalidOptionError(f"analyze() takes an ImageClassifier, a CSPNet or a model name, not "
+                                 f"{type(model).__name__}")
     h, w = resolution(shape)
     x = torch.empty(1, backbone.stem.conv1.conv.in_channels, h, w, device="meta")
     was_training = model.training
@@ -189,29 +168,18 @@ def analyze(model: ImageClassifier | CSPNet | str, shape: int | Sequence[int] = 
         model.train(was_training)
     macs = {mod: sum(ops.values()) for mod, ops in by_op.items()}
     acts = {mod: sum(ops.values()) for mod, ops in acts_by_op.items()}
-
     root = type(model).__name__
     prefix = f"{root}.backbone" if head is not None else root
     names = ["stem"] + [f"stages.{i}" for i in range(len(backbone.stages))]
-    parts = [
-        PartCost(n, macs.get(f"{prefix}.{n}", 0), num_params(backbone.get_submodule(n)), acts.get(f"{prefix}.{n}", 0))
-        for n in names
-    ]
+    parts = [PartCost(n, macs.get(f"{prefix}.{n}", 0), num_params(backbone.get_submodule(n)),
+                      acts.get(f"{prefix}.{n}", 0)) for n in names]
     macs_head = 0
     if head is not None:
         macs_head = macs.get(f"{root}.head.fc", 0)
         parts.append(PartCost("pool", macs.get(f"{root}.head", 0) - macs_head, 0, 0))
         parts.append(PartCost("head", macs_head, num_params(head), 0))
-    params_backbone = num_params(backbone)
-    return Analysis(
-        model=getattr(model, "name", backbone.arch.name),
-        resolution=(h, w),
-        params=num_params(model),
-        params_backbone=params_backbone,
-        params_head=num_params(model) - params_backbone,
-        macs=macs["Global"] - macs_head,
-        macs_conv=by_op["Global"].get(aten.convolution, 0),
-        macs_head=macs_head,
-        activations=sum(p.activations for p in parts),
-        parts=tuple(parts),
-    )
+    params, params_backbone = num_params(model), num_params(backbone)
+    return Analysis(model=getattr(model, "name", backbone.arch.name), resolution=(h, w), params=params,
+                    params_backbone=params_backbone, params_head=params - params_backbone,
+                    macs=macs["Global"] - macs_head, macs_conv=by_op["Global"].get(aten.convolution, 0),
+                    macs_head=macs_head, activations=sum(p.activations for p in parts), parts=tuple(parts))

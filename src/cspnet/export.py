@@ -1,20 +1,16 @@
 """Export a classifier to ONNX, TorchScript or a ``torch.export`` program, check it against PyTorch, write it.
 
-What mmpretrain needs mmdeploy for, in one function with no backend config: :func:`export_model`. The file is built
-in memory, run by its own runtime (onnxruntime, ``torch.jit.load``, ``torch.export.load``) on batch 1 and 3 (dynamic
-batch) or the fixed batch, compared with the PyTorch model, and only then written atomically; a mismatch raises
-:class:`~cspnet.errors.ExportError` and writes nothing.
+What mmpretrain needs mmdeploy for, in one function with no backend config: :func:`export_model`.
 
 Every file carries four metadata entries, each a JSON string (ONNX ``metadata_props``, which onnxruntime shows as
 ``session.get_modelmeta().custom_metadata_map``; the extra files of a TorchScript or ``.pt2`` archive):
 ``model`` (name, format, input/output names, dtype, layout and shape), ``classes`` (class names or null),
 ``preprocessing`` (the eval resize/crop/interpolation/mean/std and whether normalisation is inside the graph) and
-``spec`` (the :class:`~cspnet.models.ModelSpec`, as checkpoints record it). :func:`read_metadata` reads them back
-from any of the three formats.
+``spec`` (the :class:`~cspnet.models.ModelSpec`, as checkpoints record it). :func:`read_metadata` reads them back.
 
 ONNX goes through ``torch.onnx.export(..., dynamo=False)``: the TorchScript-based exporter needs no package beyond
-``onnx`` and gives outputs equal to PyTorch (max abs diff ~1e-6) at any batch size. torch 2.13's default
-``dynamo=True`` exporter needs ``onnxscript``, which this package does not otherwise use.
+``onnx`` and matches PyTorch (max abs diff ~1e-6) at any batch size; torch 2.13's default ``dynamo=True`` exporter
+would need ``onnxscript``.
 """
 
 from __future__ import annotations
@@ -65,11 +61,9 @@ class ExportResult:
 
 
 class WithPreprocessing(nn.Module):
-    """``model`` behind the eval normalisation: uint8 ``(N, 3, H, W)`` RGB 0-255 -> logits ``(N, num_classes)``.
-
-    Resize and crop stay outside (they depend on each image's size); this is exactly
-    ``model(model.transform.normalize(x))``.
-    """
+    """``model`` behind the eval normalisation: uint8 ``(N, 3, H, W)`` RGB 0-255 -> logits ``(N, num_classes)``. Resize
+    and crop stay outside (they depend on each image's size); this is exactly
+    ``model(model.transform.normalize(x))``."""
 
     def __init__(self, model: nn.Module, transform: EvalTransform):
         super().__init__()
@@ -92,14 +86,10 @@ def build_metadata(spec: ModelSpec, fmt: str, image_size: tuple[int, int], dynam
                    with_preprocessing: bool, opset: int | None = None) -> dict[str, str]:
     """The metadata entries (``model``, ``classes``, ``preprocessing``, ``spec``) as JSON strings."""
     batch = "batch" if dynamic_batch else batch_size
-    if with_preprocessing:
-        values = "uint8 RGB 0-255 after resize and centre crop; normalised inside the graph"
-    else:
-        values = "float32 (x - mean) / std of RGB 0-255 after resize and centre crop"
+    values = ("uint8 RGB 0-255 after resize and centre crop; normalised inside the graph" if with_preprocessing
+              else "float32 (x - mean) / std of RGB 0-255 after resize and centre crop")
     info = {
-        "name": spec.name,
-        "format": fmt,
-        **({"opset": opset} if opset is not None else {}),
+        "name": spec.name, "format": fmt, **({"opset": opset} if opset is not None else {}),
         "input": {"name": INPUT_NAME, "dtype": "uint8" if with_preprocessing else "float32", "layout": "NCHW",
                   "shape": [batch, 3, *image_size], "values": values},
         "output": {"name": OUTPUT_NAME, "dtype": "float32", "shape": [batch, spec.num_classes],
@@ -107,16 +97,9 @@ def build_metadata(spec: ModelSpec, fmt: str, image_size: tuple[int, int], dynam
         "cspnet_version": __version__,
     }
     preset = spec.eval
-    prep = {
-        "resize_short_edge": preset.resize,
-        "center_crop": preset.crop,
-        "interpolation": f"Pillow {preset.interpolation}",
-        "mean": list(preset.mean),
-        "std": list(preset.std),
-        "channel_order": "RGB",
-        "normalization_in_graph": with_preprocessing,
-        "description": preset.describe(),
-    }
+    prep = {"resize_short_edge": preset.resize, "center_crop": preset.crop,
+            "interpolation": f"Pillow {preset.interpolation}", "mean": list(preset.mean), "std": list(preset.std),
+            "channel_order": "RGB", "normalization_in_graph": with_preprocessing, "description": preset.describe()}
     classes = list(spec.classes) if spec.classes is not None else None
     return {"model": json.dumps(info), "classes": json.dumps(classes), "preprocessing": json.dumps(prep),
             "spec": json.dumps(spec.to_meta())}
@@ -185,19 +168,10 @@ def _check_inputs(batches: Sequence[int], image_size: tuple[int, int], uint8: bo
     return [torch.randn(b, 3, *image_size, generator=g) for b in batches]
 
 
-def export_model(
-    model: ImageClassifier,
-    path: str | os.PathLike,
-    format: str = "onnx",
-    *,
-    dynamic_batch: bool = False,
-    with_preprocessing: bool = False,
-    opset: int = DEFAULT_OPSET,
-    image_size: int | Sequence[int] | None = None,
-    batch_size: int = 1,
-    verify: bool = True,
-    atol: float = 1e-3,
-) -> ExportResult:
+def export_model(model: ImageClassifier, path: str | os.PathLike, format: str = "onnx", *, dynamic_batch: bool = False,
+                 with_preprocessing: bool = False, opset: int = DEFAULT_OPSET,
+                 image_size: int | Sequence[int] | None = None, batch_size: int = 1, verify: bool = True,
+                 atol: float = 1e-3) -> ExportResult:
     """Export ``model`` to ``path``, check the file against PyTorch, and write it atomically.
 
     Args:
@@ -226,21 +200,18 @@ def export_model(
     if format not in FORMATS:
         raise InvalidOptionError(f"format={format!r}; choose from {sorted(FORMATS)}")
     if not isinstance(model, ImageClassifier):
-        raise InvalidOptionError(
-            f"export_model() takes an ImageClassifier (from cspnet.get_model), not {type(model).__name__}"
-        )
+        raise InvalidOptionError(f"export_model() takes an ImageClassifier (from cspnet.get_model), not "
+                                 f"{type(model).__name__}")
     if format == "onnx" and opset not in OPSETS:
         raise InvalidOptionError(f"opset={opset}: the ONNX exporter writes opsets {OPSETS.start} to {OPSETS.stop - 1}")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise InvalidOptionError(f"batch_size={batch_size!r} must be a positive integer")
     spec = _spec_of(model)
-    transform = model.transform
     hw = resolution(image_size if image_size is not None else spec.eval.crop, "image_size", minimum=32)
-
     # Export from the CPU (a copy when the model lives elsewhere): the file is then device-neutral, and the check
     # compares fp32 with fp32 (a CUDA reference runs TF32 convolutions, ~1e-2 away from any fp32 runtime).
     source = model if next(model.parameters()).device.type == "cpu" else copy.deepcopy(model).cpu()
-    net: nn.Module = WithPreprocessing(source, transform) if with_preprocessing else source
+    net: nn.Module = WithPreprocessing(source, model.transform) if with_preprocessing else source
     metadata = build_metadata(spec, format, hw, dynamic_batch, batch_size, with_preprocessing,
                               opset if format == "onnx" else None)
     batches = DYNAMIC_CHECK_BATCHES if dynamic_batch else (batch_size,)
@@ -259,10 +230,8 @@ def export_model(
                     expected = net(x).float()
                     diff = max(diff, float((run(x).float() - expected).abs().max()))
             if not diff <= atol:  # also catches NaN
-                raise ExportError(
-                    f"the exported {format} model differs from PyTorch by {diff:.3g} (> atol {atol:g}) on batches "
-                    f"{list(batches)}; {str(path)!r} was not written"
-                )
+                raise ExportError(f"the exported {format} model differs from PyTorch by {diff:.3g} (> atol {atol:g}) "
+                                  f"on batches {list(batches)}; {str(path)!r} was not written")
     finally:
         model.train(was_training)
     atomic_write(path, lambda tmp: tmp.write_bytes(data))

@@ -1,24 +1,10 @@
 """Fast inference: ``optimize_for_inference(model)``, a fast, inference-only copy of a model.
 
-Each speed-up is an option, and each one's effect on the numbers is measured (``tests/test_fast.py``,
-``benchmarks/RESULTS.md``):
-
-==================  =======================================================  ==========================================
-option              what it does                                             numbers vs the plain float32 model
-==================  =======================================================  ==========================================
-``fuse``            BatchNorm folded into the convs (:func:`fuse_bn`); on    float rounding (~1e-6 relative)
-                    CPU conv+bias+LeakyReLU(+residual) as one oneDNN op
-``channels_last``   NHWC activations and weights (oneDNN and cuDNN run       float rounding
-                    their fastest kernels in NHWC)
-``dtype``           run in bfloat16/float16: weights cast once after         bf16: ~1e-2 relative, same top-1 on the
-                    folding, input cast on entry, output back to float32     golden images; fp16 tighter
-                    (autocast's numbers, without its per-call weight cast)
-``compile``         ``torch.compile`` (inductor)                             float rounding
-``cuda_graph``      the forward captured once per batch shape and replayed   none (same kernels)
-==================  =======================================================  ==========================================
-
-The default, ``optimize_for_inference(model)`` (fold + channels_last, float32), changes no result beyond float
-rounding; :func:`cspnet.inference_model` and :func:`cspnet.engine.evaluate.evaluate` use it.
+Each speed-up is an option (``fuse``, ``channels_last``, ``dtype``, ``compile``, ``cuda_graph``; the README's "Speed"
+table says what each does), and each one's effect on the numbers is measured (``tests/test_fast.py``,
+``benchmarks/RESULTS.md``): bf16 ~1e-2 relative with the same top-1 on the golden images, fp16 tighter, CUDA graphs
+none, the others float rounding. The default, ``optimize_for_inference(model)`` (fold + channels_last, float32), changes
+no result beyond float rounding; :func:`cspnet.inference_model` and :func:`cspnet.engine.evaluate.evaluate` use it.
 """
 
 from __future__ import annotations
@@ -35,11 +21,8 @@ from .models.fuse import FusedConvAct, fuse_bn
 
 __all__ = ["InferenceModel", "optimize_for_inference", "fuse_bn", "FusedConvAct"]
 
-_DTYPES = {
-    "fp32": torch.float32, "float32": torch.float32,
-    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-    "fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
-}
+_DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+           "fp16": torch.float16, "float16": torch.float16, "half": torch.float16}
 
 
 def _resolve_dtype(dtype) -> torch.dtype | None:
@@ -61,10 +44,8 @@ def _cast_floats(out: Any, dtype: torch.dtype) -> Any:
 
 class _CudaGraph:
     """``fn`` captured in a CUDA graph for one input shape, replayed on each call (no per-kernel launch cost).
-
     ``__call__(x)`` copies ``x`` into the captured input and returns a clone of the captured output, so results of
-    earlier calls stay valid.
-    """
+    earlier calls stay valid."""
 
     def __init__(self, fn: Callable[[torch.Tensor], Any], example: torch.Tensor, warmup: int = 3):
         self.input = example.clone()
@@ -82,23 +63,18 @@ class _CudaGraph:
     def __call__(self, x: torch.Tensor) -> Any:
         self.input.copy_(x)
         self.graph.replay()
-        if isinstance(self.output, torch.Tensor):
-            return self.output.clone()
-        return type(self.output)(o.clone() for o in self.output)
+        out = self.output
+        return out.clone() if isinstance(out, torch.Tensor) else type(out)(o.clone() for o in out)
 
 
 class InferenceModel(nn.Module):
-    """What :func:`optimize_for_inference` returns: ``forward(x)`` takes the usual float32 ``(N, 3, H, W)`` input
-    and returns what the wrapped model returns (logits ``(N, num_classes)``), in float32, computed under
-    ``torch.inference_mode()``.
-
-    ``.model`` is the converted module (folded, channels_last, cast). ``classes``, ``transform``, ``name`` and
-    ``num_classes`` are those of the source model. With ``fixed_batch`` (default: on with ``compile`` or
-    ``cuda_graph``) the batch size of the first call is fixed: smaller batches are zero-padded to it and larger ones
-    split, so nothing is recompiled or recaptured for a last, partial batch (samples do not interact in eval mode,
-    so padding changes no result).
-    Inference only: ``train()`` raises for a folded model.
-    """
+    """What :func:`optimize_for_inference` returns: ``forward(x)`` takes the usual float32 ``(N, 3, H, W)`` input and
+    returns what the wrapped model returns (logits ``(N, num_classes)``), in float32, computed under
+    ``torch.inference_mode()``. ``.model`` is the converted module (folded, channels_last, cast). ``classes``,
+    ``transform``, ``name`` and ``num_classes`` are those of the source model. With ``fixed_batch`` (default: on with
+    ``compile`` or ``cuda_graph``) the batch size of the first call is fixed: smaller batches are zero-padded to it and
+    larger ones split, so nothing is recompiled or recaptured for a last, partial batch (samples do not interact in eval
+    mode, so padding changes no result). Inference only: ``train()`` raises for a folded model."""
 
     def __init__(self, model: nn.Module, *, channels_last: bool, dtype: torch.dtype | None,
                  compile: bool | str = False, cuda_graph: bool = False, source: nn.Module | None = None,
@@ -112,10 +88,8 @@ class InferenceModel(nn.Module):
         src = source if source is not None else model
         for name in ("classes", "transform", "name"):
             setattr(self, name, getattr(src, name, None))
-        self._run: Callable[[torch.Tensor], Any] = model
-        if compile:
-            mode = compile if isinstance(compile, str) else None
-            self._run = torch.compile(model, mode=mode, dynamic=False)
+        mode = compile if isinstance(compile, str) else None
+        self._run: Callable[[torch.Tensor], Any] = torch.compile(model, mode=mode, dynamic=False) if compile else model
         self.fixed_batch = bool(compile or cuda_graph) if fixed_batch is None else fixed_batch
         self._batch: int | None = None
         self._graphs: dict[tuple, _CudaGraph] = {}
@@ -128,43 +102,37 @@ class InferenceModel(nn.Module):
         return (f"channels_last={self.channels_last}, dtype={self.dtype}, compile={self.compiled}, "
                 f"cuda_graph={self.cuda_graph}")
 
-    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
-        fmt = torch.channels_last if self.channels_last and x.ndim == 4 else torch.contiguous_format
-        return x.to(dtype=self.dtype or x.dtype, memory_format=fmt)
-
     def _forward_fixed(self, x: torch.Tensor) -> Any:
         if self.cuda_graph:
             key = (tuple(x.shape), x.dtype, x.device, x.is_contiguous(memory_format=torch.channels_last))
-            graph = self._graphs.get(key)
-            if graph is None:
-                graph = self._graphs[key] = _CudaGraph(self._run, x)
-            return graph(x)
+            if key not in self._graphs:
+                self._graphs[key] = _CudaGraph(self._run, x)
+            return self._graphs[key](x)
         return self._run(x)
 
     @torch.inference_mode()
     def forward(self, x: torch.Tensor) -> Any:
-        x = self._prepare(x)
+        fmt = torch.channels_last if self.channels_last and x.ndim == 4 else torch.contiguous_format
+        x = x.to(dtype=self.dtype or x.dtype, memory_format=fmt)
+        if self.fixed_batch and self._batch is None:
+            self._batch = x.shape[0]
+        n, b = x.shape[0], self._batch
         if not self.fixed_batch:
             out = self._run(x)
+        elif n == b:
+            out = self._forward_fixed(x)
         else:
-            n = x.shape[0]
-            if self._batch is None:
-                self._batch = n
-            b = self._batch
-            if n == b:
-                out = self._forward_fixed(x)
-            else:
-                outs = []
-                for start in range(0, n, b):
-                    chunk = x[start : start + b]
-                    k = chunk.shape[0]
-                    if k < b:
-                        pad = chunk.new_zeros((b - k, *chunk.shape[1:])).to(memory_format=_format_of(chunk))
-                        chunk = torch.cat([chunk, pad])
-                    o = self._forward_fixed(chunk)
-                    outs.append(o[:k] if isinstance(o, torch.Tensor) else type(o)(t[:k] for t in o))
-                out = torch.cat(outs) if isinstance(outs[0], torch.Tensor) else type(outs[0])(
-                    torch.cat(parts) for parts in zip(*outs))
+            outs = []
+            for start in range(0, n, b):
+                chunk = x[start : start + b]
+                k = chunk.shape[0]
+                if k < b:
+                    pad = chunk.new_zeros((b - k, *chunk.shape[1:])).to(memory_format=_format_of(chunk))
+                    chunk = torch.cat([chunk, pad])
+                o = self._forward_fixed(chunk)
+                outs.append(o[:k] if isinstance(o, torch.Tensor) else type(o)(t[:k] for t in o))
+            out = torch.cat(outs) if isinstance(outs[0], torch.Tensor) else type(outs[0])(
+                torch.cat(parts) for parts in zip(*outs))
         return _cast_floats(out, torch.float32) if self.dtype is not None else out
 
 
@@ -173,25 +141,14 @@ def _format_of(x: torch.Tensor) -> torch.memory_format:
     return torch.channels_last if nhwc else torch.contiguous_format
 
 
-def _device_of(model: nn.Module) -> torch.device:
-    p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
-
-
-def optimize_for_inference(
-    model: nn.Module,
-    fuse: bool = True,
-    channels_last: bool | None = None,
-    dtype: torch.dtype | str | None = None,
-    compile: bool | str = False,
-    cuda_graph: bool = False,
-) -> InferenceModel:
+def optimize_for_inference(model: nn.Module, fuse: bool = True, channels_last: bool | None = None,
+                           dtype: torch.dtype | str | None = None, compile: bool | str = False,
+                           cuda_graph: bool = False) -> InferenceModel:
     """A fast, inference-only copy of ``model`` (an ``ImageClassifier`` or ``CSPNet``); ``model`` is not changed.
 
     Args:
         model: the model, on the device it should run on.
-        fuse: fold BatchNorm into the convolutions (:func:`fuse_bn`). Models with nothing to fold are left as
-            they are.
+        fuse: fold BatchNorm into the convolutions (:func:`fuse_bn`). Models with nothing to fold are left as they are.
         channels_last: NHWC memory format; ``None`` (default): on for CPU and CUDA, where it measured faster.
         dtype: ``None`` (float32), ``torch.bfloat16``/``'bf16'`` or ``torch.float16``/``'fp16'``.
         compile: ``torch.compile`` the converted model (``True``, or an inductor mode such as
@@ -203,13 +160,13 @@ def optimize_for_inference(
         backbone's tuple of maps), to be called under ``torch.inference_mode()`` / ``torch.no_grad()``.
     """
     dtype = _resolve_dtype(dtype)
-    device = _device_of(model)
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
     if cuda_graph and device.type != "cuda":
         raise InvalidOptionError(f"cuda_graph=True needs the model on a CUDA device; it is on {device}")
     if channels_last is None:
         channels_last = device.type in ("cpu", "cuda")
-    can_fold = any(isinstance(m, ConvNormAct) for m in model.modules())
-    if fuse and can_fold:
+    if fuse and any(isinstance(m, ConvNormAct) for m in model.modules()):
         net = fuse_bn(model)
     else:
         net = copy.deepcopy(model).eval()

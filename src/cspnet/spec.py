@@ -115,24 +115,16 @@ class ModelSpec:
     @classmethod
     def from_meta(cls, meta: Any, source: str) -> "ModelSpec":
         """The inverse of :meth:`to_meta`, strict: ``source`` (a file) is named in any error."""
-        def fail(why: str) -> CheckpointError:
-            return CheckpointError(f"{source}: its recorded model spec is unreadable ({why}); re-save the weights "
-                                   f"with `cspnet convert`, or load them with an explicit model name")
-
-        if not isinstance(meta, Mapping) or meta.get("spec_version") != SPEC_VERSION:
-            raise fail(f"expected a dict with spec_version {SPEC_VERSION}")
-        known = {f.name for f in dataclasses.fields(cls)} | {"spec_version"}
-        if set(meta) - known or not isinstance(meta.get("eval"), Mapping) or not isinstance(meta.get("backbone", {}),
-                                                                                             Mapping):
-            raise fail(f"keys {sorted(meta)}")
         try:
-            ev, bb = dict(meta["eval"]), dict(meta.get("backbone", {}))
-            for key in ("mean", "std"):
-                ev[key] = tuple(float(v) for v in ev[key])
-            values = {k: v for k, v in meta.items() if k not in ("spec_version", "eval", "backbone")}
+            if not isinstance(meta, Mapping) or meta.get("spec_version") != SPEC_VERSION:
+                raise ValueError(f"expected a dict with spec_version {SPEC_VERSION}")
+            values = {k: v for k, v in meta.items() if k != "spec_version"}
+            ev, bb = dict(values.pop("eval")), dict(values.pop("backbone", {}))
+            ev.update(mean=tuple(map(float, ev["mean"])), std=tuple(map(float, ev["std"])))
             spec = cls(eval=EvalPreset(**ev), backbone=BackboneOptions(**bb), **values)
+            if not isinstance(spec.arch, str) or not isinstance(spec.name, str):
+                raise ValueError("arch and name must be strings")
         except (TypeError, ValueError, KeyError, InvalidOptionError) as e:
-            raise fail(f"{type(e).__name__}: {e}") from None
-        if not isinstance(spec.arch, str) or not isinstance(spec.name, str):
-            raise fail("arch and name must be strings")
+            raise CheckpointError(f"{source}: its recorded model spec is unreadable ({type(e).__name__}: {e}); the "
+                                  f"file is damaged, or was written by another version of cspnet") from None
         return spec

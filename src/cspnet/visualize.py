@@ -24,9 +24,6 @@ from .errors import InvalidOptionError
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
 
-# --------------------------------------------------------------------------------------------------------------
-# Saving
-# --------------------------------------------------------------------------------------------------------------
 def save_image(img: Image.Image, path: str | os.PathLike) -> Path:
     """Write ``img`` atomically; the format follows the suffix (``.png``, ``.jpg``, ...)."""
     suffix = Path(path).suffix.lower()
@@ -37,17 +34,14 @@ def save_image(img: Image.Image, path: str | os.PathLike) -> Path:
 
 
 def vis_paths(images: Sequence[str | os.PathLike], target: str | os.PathLike) -> list[Path]:
-    """Where ``--save-vis TARGET`` puts the picture of each image.
-
-    ``TARGET`` with an image suffix is one file, and then only one image is allowed; anything else is a folder
-    (created) that receives ``<image stem>.png`` per image, ``<stem>-1.png``, ``<stem>-2.png``... when stems repeat.
-    """
+    """Where ``--save-vis TARGET`` puts the picture of each image. ``TARGET`` with an image suffix is one file, and then
+    only one image is allowed; anything else is a folder (created) that receives ``<image stem>.png`` per image,
+    ``<stem>-1.png``, ``<stem>-2.png``... when stems repeat."""
     target = Path(target)
     if target.suffix.lower() in IMAGE_SUFFIXES:
         if len(images) != 1:
-            raise InvalidOptionError(
-                f"--save-vis {str(target)!r} names one file but there are {len(images)} images; give a folder"
-            )
+            raise InvalidOptionError(f"--save-vis {str(target)!r} names one file but there are {len(images)} images; "
+                                     f"give a folder")
         return [target]
     paths, seen = [], {}
     for image in images:
@@ -58,9 +52,6 @@ def vis_paths(images: Sequence[str | os.PathLike], target: str | os.PathLike) ->
     return paths
 
 
-# --------------------------------------------------------------------------------------------------------------
-# Predictions
-# --------------------------------------------------------------------------------------------------------------
 def _font(size: int) -> ImageFont.ImageFont:
     try:
         return ImageFont.load_default(size=size)  # Pillow >= 10.1 with FreeType: a scalable font
@@ -93,9 +84,6 @@ def save_predictions(images: Sequence[ImageLike], results: Sequence[dict], targe
     return paths
 
 
-# --------------------------------------------------------------------------------------------------------------
-# Grad-CAM
-# --------------------------------------------------------------------------------------------------------------
 def default_target_layer(model: nn.Module) -> str:
     """The last backbone stage (``backbone.stages.<n-1>``): the finest map that still sees the whole object."""
     stages = getattr(getattr(model, "backbone", None), "stages", None)
@@ -104,9 +92,8 @@ def default_target_layer(model: nn.Module) -> str:
     return f"backbone.stages.{len(stages) - 1}"
 
 
-def grad_cam(
-    model: nn.Module, x: torch.Tensor, target_layer: str | None = None, target_class: int | Sequence[int] | None = None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def grad_cam(model: nn.Module, x: torch.Tensor, target_layer: str | None = None,
+             target_class: int | Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Grad-CAM of ``model`` (any module mapping ``(N, 3, H, W)`` to logits ``(N, K)``) at ``target_layer``.
 
     Args:
@@ -159,9 +146,8 @@ def grad_cam(
     finally:
         handle.remove()
         model.train(was_training)
-    acts = captured[0].detach()
     weights = grads.mean(dim=(2, 3), keepdim=True)
-    cam = F.relu((weights * acts).sum(dim=1, keepdim=True))
+    cam = F.relu((weights * captured[0].detach()).sum(dim=1, keepdim=True))
     cam = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
     lo = cam.amin(dim=(1, 2), keepdim=True)
     span = cam.amax(dim=(1, 2), keepdim=True) - lo

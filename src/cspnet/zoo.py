@@ -1,4 +1,4 @@
-"""The model zoo's front door: a model from a name or a :class:`~cspnet.models.ModelSpec`, with its weights.
+"""The model zoo's front door: a model from a name or a :class:`~cspnet.spec.ModelSpec`, with its weights.
 
 A name means the published model (:mod:`cspnet.weights.records`); a checkpoint carries its own model, so weights
 from a file decide the head, the class names and the eval preprocessing unless the caller says otherwise.
@@ -40,7 +40,8 @@ def with_options(spec: ModelSpec, num_classes: int | None = None, backbone: Mapp
     options = {**{k: v for k, v in (backbone or {}).items() if k not in ("type", "depth")}, **options}
     if head:
         if set(head) - _HEAD_KEYS:
-            raise InvalidOptionError(f"head options {sorted(set(head) - _HEAD_KEYS)} are not supported; only num_classes is")
+            raise InvalidOptionError(f"head options {sorted(set(head) - _HEAD_KEYS)} are not supported; only "
+                                     f"num_classes is")
         num_classes = head.get("num_classes", num_classes)
     drop_rate = options.pop("drop_rate", spec.drop_rate)
     try:

@@ -51,7 +51,7 @@ def add_source_arguments(p: argparse.ArgumentParser, training: bool = False) -> 
                                                       "torchrun cuda:LOCAL_RANK)")
     p.add_argument("--weights-dir", default=None, metavar="DIR", help="look for weight files here first "
                                                                      "(as $CSPNET_WEIGHTS_DIR)")
-    p.add_argument("--mirror", default=None, metavar="URL", help="a server holding the weight files (as $CSPNET_MIRROR)")
+    p.add_argument("--mirror", default=None, metavar="URL", help="a server of the weight files (as $CSPNET_MIRROR)")
     p.add_argument("--offline", action="store_true", default=None, help="no downloads (as $CSPNET_OFFLINE=1)")
 
 
@@ -68,6 +68,11 @@ def load_model(args: argparse.Namespace, device=None, **kwargs):
     name = args.model if args.model is not None or args.weights is not None else "cspdarknet53"
     return get_model(name, args.weights or True, device=device or default_device(args.device), use_ema=args.ema,
                      **where(args), **kwargs)
+
+
+def add_cfg_options(p: argparse.ArgumentParser, example: str) -> None:
+    p.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE",
+                   help=f"override config keys, e.g. {example} (lists: key=[a,b] or key=a,b)")
 
 
 def add_launcher_arguments(p: argparse.ArgumentParser) -> None:
@@ -100,6 +105,11 @@ def _version() -> str:
     from .._version import __version__
 
     return __version__
+
+
+def script(command: str) -> int:
+    """``python tools/<command>.py ...`` (mmpretrain's scripts): the same as ``cspnet <command> ...``."""
+    return main([command, *sys.argv[1:]])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,20 +13,19 @@ import json
 import time
 from pathlib import Path
 
-from . import add_launcher_arguments, add_source_arguments, use_local_rank, where
+from . import add_cfg_options, add_launcher_arguments, add_source_arguments, use_local_rank, where
 
 HELP = "evaluate a checkpoint on a config's test set (top-1/top-5), like mmpretrain's tools/test.py"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", metavar="CONFIG", help="config file, e.g. configs/cspnet/cspdarknet50_8xb32_in1k.py")
-    p.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint file or URL (timm, mmpretrain or cspnet layout)")
-    p.add_argument("--work-dir", metavar="DIR", help="also write the log, the metrics (JSON) and the resolved config here")
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="weights file or URL (timm, mmpretrain or cspnet layout)")
+    p.add_argument("--work-dir", metavar="DIR", help="also write the log, the metrics (JSON) and the config here")
     p.add_argument("--output", "--out", dest="output", metavar="FILE.json",
                    help="write metrics and per-sample predictions to this JSON file (--out: mmpretrain's name)")
-    p.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE",
-                   help="override config keys, e.g. test_dataloader.dataset.data_root=/data/imagenet "
-                        "test_dataloader.dataset.pipeline.1.scale=256 (lists: key=[a,b] or key=a,b)")
+    add_cfg_options(p, "test_dataloader.dataset.data_root=/data/imagenet "
+                       "test_dataloader.dataset.pipeline.1.scale=256")
     p.add_argument("--tta", action="store_true", help="average the softmax of each image and its horizontal flip")
     p.add_argument("--amp", action="store_true", help="bfloat16 autocast")
     add_launcher_arguments(p)
@@ -93,12 +92,3 @@ def run(args: argparse.Namespace) -> int:
     if args.output:
         print(f"wrote {args.output}")
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python tools/test.py CONFIG CHECKPOINT [options]``: the same command as ``cspnet test``."""
-    import sys
-
-    from . import main as cli_main
-
-    return cli_main(["test", *(sys.argv[1:] if argv is None else argv)])

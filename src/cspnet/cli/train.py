@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import add_launcher_arguments, add_source_arguments, use_local_rank, where
+from . import add_cfg_options, add_launcher_arguments, add_source_arguments, use_local_rank, where
 
 HELP = "train or fine-tune a model from a config (one process, or DDP under torchrun), like mmpretrain's tools/train.py"
 
@@ -26,9 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--amp", action="store_true",
                    help="mixed precision (optim_wrapper.type='AmpOptimWrapper'): fp16 + loss scaling on GPUs, "
                         "bf16 on CPUs; set optim_wrapper.dtype=bfloat16 for bf16 on GPUs")
-    p.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE",
-                   help="override config keys, e.g. train_dataloader.batch_size=64 optim_wrapper.optimizer.lr=0.01 "
-                        "(lists: key=[a,b] or key=a,b)")
+    add_cfg_options(p, "train_dataloader.batch_size=64 optim_wrapper.optimizer.lr=0.01")
     add_launcher_arguments(p)
     p.add_argument("--no-validate", action="store_true", help="do not evaluate during training")
     p.add_argument("--auto-scale-lr", action="store_true",
@@ -92,12 +90,3 @@ def run(args: argparse.Namespace) -> int:
         print(f"best {result['best_metric']} {result['best_top1']:.3f} at epoch {result['best_epoch']}; checkpoints in "
               f"{result['work_dir']}", flush=True)
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python tools/train.py CONFIG [options]``: the same command as ``cspnet train``."""
-    import sys
-
-    from . import main as cli_main
-
-    return cli_main(["train", *(sys.argv[1:] if argv is None else argv)])

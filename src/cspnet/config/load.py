@@ -101,15 +101,6 @@ class Config(dict):
     def __setitem__(self, key: str, value: Any) -> None:
         super().__setitem__(key, _wrap(value))
 
-    def __deepcopy__(self, memo):
-        return Config(copy.deepcopy(dict(self), memo), filename=self.filename)
-
-    def __reduce__(self):  # pickle as a Config (a plain dict + filename), e.g. to DataLoader workers
-        return (Config, (dict(self),), {"filename": self.filename})
-
-    def __setstate__(self, state):
-        object.__setattr__(self, "filename", state.get("filename"))
-
     def to_dict(self) -> dict:
         """A deep copy as built-in dicts and lists: what to store in a checkpoint or JSON."""
         return _unwrap(self)
@@ -129,25 +120,15 @@ class Config(dict):
 
 
 def _wrap(v: Any) -> Any:
-    if isinstance(v, Config):
-        return v
-    if isinstance(v, dict):
-        return Config(v)
-    if isinstance(v, list):
-        return [_wrap(x) for x in v]
-    if isinstance(v, tuple):
-        return tuple(_wrap(x) for x in v)
-    return v
+    if isinstance(v, (list, tuple)):
+        return type(v)(_wrap(x) for x in v)
+    return Config(v) if isinstance(v, dict) and not isinstance(v, Config) else v
 
 
 def _unwrap(v: Any) -> Any:
-    if isinstance(v, dict):
-        return {k: _unwrap(x) for k, x in v.items()}
-    if isinstance(v, list):
-        return [_unwrap(x) for x in v]
-    if isinstance(v, tuple):
-        return tuple(_unwrap(x) for x in v)
-    return v
+    if isinstance(v, (list, tuple)):
+        return type(v)(_unwrap(x) for x in v)
+    return {k: _unwrap(x) for k, x in v.items()} if isinstance(v, dict) else v
 
 
 def _suggest(name: str, known: Iterable[str]) -> str:
@@ -283,10 +264,11 @@ def load_config(
     if cfg_options:
         options = parse_cfg_options(cfg_options) if not isinstance(cfg_options, Mapping) else dict(cfg_options)
         for key, value in options.items():
-            top = (schema or {}).get(key.split(".")[0])
+            name, _, rest = key.partition(".")
+            top = (schema or {}).get(name)
             if isinstance(top, Variable):
-                raise ConfigError(f"--cfg-options {key}: {key.split('.')[0]} is a variable of the config file, already "
-                                  f"copied into {top.target}; override {top.target}{key[len(key.split('.')[0]):]} instead")
+                raise ConfigError(f"--cfg-options {key}: {name} is a variable of the config file, already copied into "
+                                  f"{top.target}; override {top.target}{'.' + rest if rest else ''} instead")
             _set_by_path(values, key, value)
             if schema is not None:
                 validate(values, schema, where=f"--cfg-options {key}")

@@ -1,14 +1,11 @@
-"""From an mmpretrain-shaped config to typed, frozen specs, made once, at the edge.
+"""From an mmpretrain-shaped config to typed, frozen specs, made once, at the edge: :func:`eval_spec` (what
+``cspnet test`` runs) and :func:`train_spec` (``cspnet train``) each read only the sections their command uses, so
+a training-only setting never blocks an evaluation. Nothing below this package sees a config dict.
 
-:func:`eval_spec` gives what ``cspnet test`` runs (:class:`EvalSpec`), :func:`train_spec` what ``cspnet train`` runs
-(:class:`TrainSpec`); each reads only the sections its command uses, so a training-only setting never blocks an
-evaluation. Nothing below this package sees a config dict.
-
-A spec field that is a plain setting declares its key and check (:func:`setting`): that one declaration is both its
-schema and its reader. Sections with structure (the model, pipelines, optimizer, schedule, hooks) are read by a
-function beside their schema. Every key :data:`SCHEMA` accepts is honoured or, at a value this library cannot
-honour, refused with a message (a ``Fixed`` key, or a check here); ``tests/test_config_keys.py`` sets each one to
-a value other than its default and checks its effect or its refusal. Defaults are mmpretrain's and mmengine's.
+A plain setting is a spec field that declares its key and check (:func:`setting`): one declaration is its schema and
+its reader. Structured sections (the model, pipelines, optimizer, schedule, hooks) are read by a function beside
+their schema. Every key :data:`SCHEMA` accepts is honoured, or refused with a message at a value this library
+cannot honour (``tests/test_config_keys.py`` checks each). Defaults are mmpretrain's and mmengine's.
 """
 
 from __future__ import annotations
@@ -30,14 +27,13 @@ from ..errors import ConfigError
 from ..models.cspnet import ARCHS
 from ..spec import BackboneOptions, ModelSpec
 from .load import ANY, Config, Fixed, Items, Typed, Variable
+from .load import validate as validate_keys
 
 log = logging.getLogger("cspnet")
 Check = Callable[[Any, str], Any]  # (value, its dotted key) -> the value, converted; or a ConfigError
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Settings: typed values, each read from its key
-# ---------------------------------------------------------------------------------------------------------------
+# --- Settings: typed values, each read from its key ----------------------------------------------------------------
 def _kind(name: str, ok: Callable[[Any], bool], convert: Callable[[Any], Any] = lambda v: v) -> Check:
     def check(value: Any, where: str) -> Any:
         if not ok(value):
@@ -77,15 +73,18 @@ def setting(key: str, default: Any, check: Check) -> Any:
     return field(default=default, metadata={"key": key, "check": check})
 
 
+def _lookup(node: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        node = node.get(part) if isinstance(node, Mapping) else None
+    return node
+
+
 def read(cls: type, section: Mapping | None, where: str, **given: Any) -> Any:
     """``cls`` with each :func:`setting` field read from ``section`` (named ``where`` in errors) and ``given``."""
     values = dict(given)
     for f in dataclasses.fields(cls):
         if "key" in f.metadata and f.name not in given:
-            parts, node = f.metadata["key"].split("."), section or {}
-            for part in parts[:-1]:
-                node = node.get(part) if isinstance(node, Mapping) else None
-            raw = node.get(parts[-1]) if isinstance(node, Mapping) else None
+            raw = _lookup(section, f.metadata["key"])
             values[f.name] = f.default if raw is None else f.metadata["check"](raw, f"{where}{f.metadata['key']}")
     return cls(**values)
 
@@ -118,9 +117,7 @@ def _value(section: Mapping | None, key: str, where: str, default: Any, check: C
 
 
 def _section(cfg: Mapping, dotted: str) -> Mapping:
-    node: Any = cfg
-    for part in dotted.split("."):
-        node = node.get(part) if isinstance(node, Mapping) else None
+    node = _lookup(cfg, dotted)
     if node is not None and not isinstance(node, Mapping):
         raise ConfigError(f"config {_name(cfg)}: {dotted} must be a dict, got {node!r:.80}")
     return node or {}
@@ -131,13 +128,17 @@ def _name(cfg: Mapping) -> str:
 
 
 _COMMON = {"type": ANY, "_delete_": ANY}
+
+
+def _type(*kinds: str, why: str) -> dict[str, Any]:
+    """The keys every section has: its ``type`` (one of ``kinds``) and ``_delete_``."""
+    return {"type": Fixed(kinds, why), "_delete_": ANY}
+
 _INIT = Fixed((None,), "weights come from load_from (or tools/test.py's CHECKPOINT), not init_cfg")
 _NO_MIX = Fixed((None,), "Mixup/CutMix are not implemented")
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# The model: ModelSpec
-# ---------------------------------------------------------------------------------------------------------------
+# --- The model: ModelSpec ------------------------------------------------------------------------------------------
 BACKBONES: dict[tuple[str, int], str] = {  # mmpretrain backbone (type, depth) -> architecture
     ("CSPDarkNet", 53): "cspdarknet53",
     ("CSPResNet", 50): "cspresnet50",
@@ -146,19 +147,22 @@ BACKBONES: dict[tuple[str, int], str] = {  # mmpretrain backbone (type, depth) -
 _BACKBONE = {"in_chans": ("in_channels", integer(1)), "out_indices": ("out_indices", ints(-99)),
              "frozen_stages": ("frozen_stages", integer(-1)), "norm_eval": ("norm_eval", boolean),
              "drop_path_rate": ("drop_path_rate", number()), "zero_init_last": ("zero_init_last", boolean)}
-_PREPROCESSOR = {"type": Fixed(("ClsDataPreprocessor",), "cspnet normalises batches itself"), "_delete_": ANY,
-                 "num_classes": ANY, "mean": ANY, "std": ANY, "to_rgb": ANY,
+_PREPROCESSOR = {**_type("ClsDataPreprocessor", why="cspnet normalises batches itself"), "num_classes": ANY,
+                 "mean": ANY, "std": ANY, "to_rgb": ANY, "batch_augments": _NO_MIX,
                  "pad_size_divisor": Fixed((1,), "eval crops are square and of one size: nothing to pad"),
-                 "pad_value": Fixed((0,), "nothing is padded"), "batch_augments": _NO_MIX}
-_LOSS = {**_COMMON, "loss_weight": ANY, "label_smooth_val": ANY, "reduction": ANY, "class_weight": ANY,
-         "num_classes": ANY, "mode": Fixed(("original",), "only the original label smoothing"),
+                 "pad_value": Fixed((0,), "nothing is padded")}
+_LOSS = {**_type("CrossEntropyLoss", "LabelSmoothLoss", why="softmax cross-entropy, with or without label smoothing"),
+         "loss_weight": ANY, "label_smooth_val": ANY, "reduction": ANY, "class_weight": ANY, "num_classes": ANY,
+         "mode": Fixed(("original",), "only the original label smoothing"),
          "use_sigmoid": Fixed((False,), "softmax cross-entropy only"), "use_soft": Fixed((False,), "hard labels only")}
 _MODEL = {
-    **_COMMON,
-    "backbone": {**_COMMON, "depth": ANY, "init_cfg": _INIT, **{key: ANY for key, _ in _BACKBONE.values()}},
-    "neck": {**_COMMON, "dim": Fixed((2,), "global average pooling of 2-d maps")},
-    "head": {**_COMMON, "num_classes": ANY, "in_channels": ANY, "topk": ANY, "cal_acc": ANY, "dropout": ANY,
-             "init_cfg": _INIT, "loss": _LOSS},
+    **_type("ImageClassifier", why="cspnet builds classifiers (and their backbones)"),
+    "backbone": {**_type(*{t for t, _ in BACKBONES}, why="cspnet builds the CSPNets"), "depth": ANY, "init_cfg": _INIT,
+                 **{key: ANY for key, _ in _BACKBONE.values()}},
+    "neck": {**_type("GlobalAveragePooling", why="the classifier pools globally"),
+             "dim": Fixed((2,), "global average pooling of 2-d maps")},
+    "head": {**_type("LinearClsHead", why="the classifier's head is linear"), "num_classes": ANY, "in_channels": ANY,
+             "topk": ANY, "cal_acc": ANY, "dropout": ANY, "init_cfg": _INIT, "loss": _LOSS},
     "data_preprocessor": _PREPROCESSOR,
     "train_cfg": {"augments": _NO_MIX, "probs": _NO_MIX},
     "init_cfg": _INIT,
@@ -184,18 +188,12 @@ def _normalization(cfg: Mapping) -> tuple[tuple[float, ...], tuple[float, ...]]:
 def model_spec(cfg: Mapping, pipeline: str = "test") -> ModelSpec:
     """The :class:`~cspnet.spec.ModelSpec` of ``cfg.model``; its eval preprocessing is ``{pipeline}_dataloader``'s."""
     where = f"config {_name(cfg)}: model"
-    model, bb, neck, head = (_section(cfg, k) for k in ("model", "model.backbone", "model.neck", "model.head"))
-    if model.get("type", "ImageClassifier") != "ImageClassifier":
-        raise ConfigError(f"{where}.type={model['type']!r}; only 'ImageClassifier' is supported")
+    bb, head = _section(cfg, "model.backbone"), _section(cfg, "model.head")
     arch = BACKBONES.get((bb.get("type"), bb.get("depth")))
     if arch is None:
         known = ", ".join(f"type={t!r} depth={d}" for t, d in BACKBONES)
         raise ConfigError(f"{where}.backbone type={bb.get('type')!r} depth={bb.get('depth')!r} is not a CSPNet "
                           f"this library builds; known: {known}")
-    if neck.get("type", "GlobalAveragePooling") != "GlobalAveragePooling":
-        raise ConfigError(f"{where}.neck.type={neck['type']!r}; only GlobalAveragePooling")
-    if head.get("type", "LinearClsHead") != "LinearClsHead":
-        raise ConfigError(f"{where}.head.type={head['type']!r}; only LinearClsHead")
     num_classes = _value(head, "num_classes", f"{where}.head", 1000, integer(0))
     width = ARCHS[arch].stages()[-1].out_chs
     if head.get("in_channels") not in (None, width):
@@ -223,9 +221,7 @@ def _classes(cfg: Mapping, which: str) -> tuple[str, ...] | None:
     return tuple(str(c) for c in classes) if isinstance(classes, (list, tuple)) else None
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Pipelines: EvalPreset (val/test) and TrainPipeline (train)
-# ---------------------------------------------------------------------------------------------------------------
+# --- Pipelines: EvalPreset (val/test) and TrainPipeline (train) ----------------------------------------------------
 _RESIZE_BACKEND = Fixed(("pillow", "cv2"), "images are resized with Pillow; with 'cv2' a warning says so")
 TRANSFORMS: dict[str, dict[str, Any]] = {  # the steps implemented, with the arguments of their mmcv namesakes
     "LoadImageFromFile": {"imdecode_backend": Fixed(("cv2", "pillow"), "images are decoded by Pillow (the same "
@@ -319,9 +315,7 @@ def train_pipeline(cfg: Mapping) -> TrainPipeline:
     return TrainPipeline(mean=mean, std=std, **found)
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Data and loaders: DataSpec, LoaderSpec
-# ---------------------------------------------------------------------------------------------------------------
+# --- Data and loaders: DataSpec, LoaderSpec ------------------------------------------------------------------------
 @dataclass(frozen=True)
 class LoaderSpec:
     """``{train,val,test}_dataloader`` without its dataset. ``num_workers`` is capped at the CPU cores (more never
@@ -338,12 +332,15 @@ class LoaderSpec:
     seed: int | None = setting("sampler.seed", None, integer())
 
 
-_DATASET = {**_COMMON, "data_root": ANY, "split": ANY, "data_prefix": ANY, "ann_file": ANY, "pipeline": _PIPELINE,
-            "classes": ANY, "metainfo": {"classes": ANY}, "indices": ANY,
+_DATASET = {**_type("ImageNet", "CustomDataset", why="ImageNet, or your own classes"), "data_root": ANY,
+            "split": ANY, "data_prefix": ANY, "ann_file": ANY, "pipeline": _PIPELINE, "classes": ANY,
+            "metainfo": {"classes": ANY}, "indices": ANY,
             "with_label": Fixed((True,), "classification datasets are labelled")}
 _DATALOADER = join(keys(LoaderSpec), {
     "collate_fn": Fixed(({"type": "default_collate"},), "batches are collated by cspnet"),
-    "sampler": {**_COMMON, "round_up": Fixed((True,), "every process takes the same number of batches")},
+    "sampler": {**_type("DefaultSampler", why="a seeded shuffle for training, every image once in order for "
+                                                "evaluation"),
+                "round_up": Fixed((True,), "every process takes the same number of batches")},
     "dataset": _DATASET})
 
 
@@ -360,8 +357,6 @@ def data_spec(cfg: Mapping, which: str) -> DataSpec:
     """The :class:`~cspnet.data.datasets.DataSpec` of ``{which}_dataloader.dataset`` (``data_root`` as written,
     relative to the working directory, as in mmpretrain)."""
     ds, where = _section(cfg, f"{which}_dataloader.dataset"), f"config {_name(cfg)}: {which}_dataloader.dataset"
-    if ds.get("type", "ImageNet") not in ("ImageNet", "CustomDataset"):
-        raise ConfigError(f"{where}.type={ds['type']!r}; supported: 'ImageNet', 'CustomDataset'")
     classes = ds.get("classes") or _section(cfg, f"{which}_dataloader.dataset.metainfo").get("classes")
     prefix = ds.get("data_prefix")
     if isinstance(prefix, Mapping):  # mmengine also allows data_prefix=dict(img_path='val')
@@ -375,10 +370,7 @@ def data_spec(cfg: Mapping, which: str) -> DataSpec:
 
 def loader_spec(cfg: Mapping, which: str) -> LoaderSpec:
     where = f"config {_name(cfg)}: {which}_dataloader."
-    section = _section(cfg, f"{which}_dataloader")
-    if _section(cfg, f"{which}_dataloader.sampler").get("type", "DefaultSampler") != "DefaultSampler":
-        raise ConfigError(f"{where}sampler.type: only 'DefaultSampler'")
-    spec = read(LoaderSpec, section, where)
+    spec = read(LoaderSpec, _section(cfg, f"{which}_dataloader"), where)
     if which == "train":
         return spec
     if _section(cfg, f"{which}_dataloader.sampler").get("shuffle") or spec.drop_last or spec.seed is not None:
@@ -387,9 +379,7 @@ def loader_spec(cfg: Mapping, which: str) -> LoaderSpec:
     return dataclasses.replace(spec, shuffle=False)
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Evaluation: EvalSpec
-# ---------------------------------------------------------------------------------------------------------------
+# --- Evaluation: EvalSpec ------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Metrics:
     """``{val,test}_evaluator=dict(type='Accuracy', topk=(1, 5))``: printed as ``{prefix}/top{k}``."""
@@ -398,15 +388,15 @@ class Metrics:
     prefix: str = setting("prefix", "accuracy", text)
 
 
-_EVALUATOR = Items({**_COMMON, **keys(Metrics), "thrs": Fixed((None, 0.0), "a sample is correct when its label is "
-                                                                        "in the top k")})
+_EVALUATOR = Items({**_type("Accuracy", why="top-k accuracy"), **keys(Metrics),
+                    "thrs": Fixed((None, 0.0), "a sample is correct when its label is in the top k")})
 
 
 def metrics_spec(cfg: Mapping, which: str) -> Metrics:
     ev = cfg.get(f"{which}_evaluator") or {}
     ev = ev[0] if isinstance(ev, (list, tuple)) and len(ev) == 1 else ev
-    if not isinstance(ev, Mapping) or ev.get("type", "Accuracy") != "Accuracy":
-        raise ConfigError(f"{which}_evaluator={ev!r:.80}: only one dict(type='Accuracy', topk=...)")
+    if not isinstance(ev, Mapping):
+        raise ConfigError(f"{which}_evaluator={ev!r:.80}: give one dict(type='Accuracy', topk=...)")
     return read(Metrics, ev, f"{which}_evaluator.")
 
 
@@ -451,13 +441,12 @@ class EvalSpec:
 
 def eval_spec(cfg: Config) -> EvalSpec:
     """The :class:`EvalSpec` of ``cfg``: its model (eval preprocessing: the test pipeline) and test set."""
+    validate_keys(cfg, SCHEMA, where=f"config {_name(cfg)}")  # load_config did, unless the Config was made by hand
     return read(EvalSpec, cfg, "", model=model_spec(cfg, "test"), data=data_spec(cfg, "test"),
                 loader=loader_spec(cfg, "test"), metrics=metrics_spec(cfg, "test"), source=_source(cfg))
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Training: TrainSpec and its parts
-# ---------------------------------------------------------------------------------------------------------------
+# --- Training: TrainSpec and its parts -----------------------------------------------------------------------------
 _OPTIMIZERS = ("SGD", "AdamW", "Adam", "RMSprop")  # torch.optim's classes of these names; RMSprop is torch's, not
 # timm's TF-style RMSpropTF (epsilon inside the sqrt) of the published RA recipe
 _OPTIM_ARGS = ("momentum", "nesterov", "betas", "eps", "alpha", "dampening", "centered")
@@ -485,24 +474,21 @@ class OptimSpec:
     accumulate: int = setting("accumulative_counts", 1, integer(1))
 
 
-_OPTIM_WRAPPER = join(keys(OptimSpec), {**_COMMON, "optimizer": {**_COMMON, **{k: ANY for k in _OPTIM_ARGS}},
-                                          "clip_grad": ANY, "dtype": ANY})
+_OPTIM_WRAPPER = join(keys(OptimSpec), {
+    **_type("OptimWrapper", "AmpOptimWrapper", why="fp32, or autocast (AMP)"), "clip_grad": ANY, "dtype": ANY,
+    "optimizer": {**_type(*_OPTIMIZERS, why="torch.optim's"), **{k: ANY for k in _OPTIM_ARGS}}})
 
 
 def optim_spec(cfg: Mapping) -> OptimSpec:
     import torch
 
     ow, where = _section(cfg, "optim_wrapper"), "optim_wrapper"
-    kind = ow.get("type", "OptimWrapper")
-    if kind not in ("OptimWrapper", "AmpOptimWrapper"):
-        raise ConfigError(f"{where}.type={kind!r}; choose 'OptimWrapper' or 'AmpOptimWrapper'")
-    opt = _section(cfg, "optim_wrapper.optimizer")
+    kind, opt = ow.get("type", "OptimWrapper"), _section(cfg, "optim_wrapper.optimizer")
     name = opt.get("type", "SGD")
-    if name not in _OPTIMIZERS:
-        raise ConfigError(f"{where}.optimizer.type={name!r} is not supported; choose from {sorted(_OPTIMIZERS)}")
     if "lr" not in opt:
         raise ConfigError(f"{where}.optimizer needs an 'lr'")
-    args = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in opt.items() if k in _OPTIM_ARGS and v is not None)
+    args = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in opt.items()
+                 if k in _OPTIM_ARGS and v is not None)
     refused = [k for k, _ in args if k not in inspect.signature(getattr(torch.optim, name)).parameters]
     if refused:
         raise ConfigError(f"{where}.optimizer: torch.optim.{name} takes no {refused}")
@@ -602,8 +588,6 @@ class LossSpec:
 def loss_spec(cfg: Mapping, num_classes: int) -> LossSpec:
     loss, where = _section(cfg, "model.head.loss"), "model.head.loss"
     kind = loss.get("type", "CrossEntropyLoss")
-    if kind not in ("CrossEntropyLoss", "LabelSmoothLoss"):
-        raise ConfigError(f"{where}.type={kind!r}: only softmax CrossEntropyLoss and LabelSmoothLoss")
     if loss.get("num_classes") not in (None, num_classes):
         raise ConfigError(f"{where}.num_classes={loss['num_classes']} but model.head.num_classes={num_classes}")
     weights = _value(loss, "class_weight", where, None, _kind(f"{num_classes} weights >= 0", lambda v: isinstance(
@@ -733,6 +717,7 @@ def load_from(cfg: Mapping) -> bool | str | None:
 
 def train_spec(cfg: Config, validate: bool = True) -> TrainSpec:
     """The :class:`TrainSpec` of ``cfg`` (``validate=False``: no validation, as ``--no-validate``)."""
+    validate_keys(cfg, SCHEMA, where=f"config {_name(cfg)}")
     model = model_spec(cfg, "val")
     return read(TrainSpec, cfg, "", model=model, train=data_spec(cfg, "train"), train_loader=loader_spec(cfg, "train"),
                 augment=train_pipeline(cfg), val=data_spec(cfg, "val") if validate else None,
@@ -743,9 +728,7 @@ def train_spec(cfg: Config, validate: bool = True) -> TrainSpec:
                 runtime=read(RuntimeSpec, cfg, ""), source=_source(cfg))
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# The schema: every key a config may hold
-# ---------------------------------------------------------------------------------------------------------------
+# --- The schema: every key a config may hold -----------------------------------------------------------------------
 _VIS = Items({"type": Fixed(("LocalVisBackend",), "the run writes log.jsonl and curves.png; TensorBoard and W&B "
                                                   "logging are not implemented")})
 SCHEMA: dict[str, Any] = join(keys(TrainSpec), keys(RuntimeSpec), keys(EvalSpec), {
@@ -777,6 +760,6 @@ SCHEMA: dict[str, Any] = join(keys(TrainSpec), keys(RuntimeSpec), keys(EvalSpec)
     "custom_hooks": Items(Typed({"EMAHook": _EMA_HOOK})),
     "env_cfg": {"mp_cfg": {"opencv_num_threads": Fixed((0,), "cspnet does not use OpenCV")}},
     "vis_backends": Variable(_VIS, "visualizer.vis_backends"),
-    "visualizer": {"type": Fixed(("UniversalVisualizer", "ClsVisualizer"), "no visualizer: see vis_backends"),
+    "visualizer": {"type": Fixed(("UniversalVisualizer",), "no visualizer: see vis_backends"),
                    "vis_backends": _VIS},
 })

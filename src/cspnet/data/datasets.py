@@ -1,35 +1,17 @@
 """Image classification datasets on disk: ImageNet-1k in its usual layouts, and your own folder-per-class data.
 
-ImageNet (:func:`imagenet_dataset`), under ``root`` (mmpretrain's ``data_root``, default ``data/imagenet``), for a
-``split`` (``train``/``val``); the first layout found wins:
+:func:`imagenet_dataset` reads ``root/{split}`` (README, "Evaluate on ImageNet"), from the first layout found:
 
-1. an annotation file, ``ann_file=`` or ``root/meta/{split}.txt`` (mmpretrain's): one ``relative/path label`` per
-   line, the label an index in the standard (synset-sorted) order, paths relative to ``root/{split}``. Split on the
-   last space, so paths may contain spaces. A WordNet id instead of the index (``path n01440764``) works too.
-2. folder per class: ``root/{split}/n01440764/*.JPEG``. The label is the synset's index among the 1000 ImageNet-1k
-   synsets (:func:`cspnet.data.classes.imagenet_synsets`), not its rank among the folders present, so a subset of
-   classes keeps the right labels; a folder that is not an ImageNet-1k synset is an error.
-3. the official flat validation folder, ``root/{split}/ILSVRC2012_val_00000001.JPEG`` ..., labelled by one of
-   (searched in ``root``, ``root/{split}`` and ``root/ILSVRC2012_devkit_t12/data``):
+1. an annotation file, ``ann_file=`` or ``root/meta/{split}.txt`` (mmpretrain's): ``relative/path label`` lines, the
+   label a synset-sorted index or a WordNet id, split on the last space (paths may contain spaces);
+2. folder per class, ``root/{split}/n01440764/*.JPEG``: the label is the synset's index among the 1000
+   (:func:`cspnet.data.classes.imagenet_synsets`), not among the folders present, so a subset keeps its labels;
+3. the official flat folder ``root/{split}/ILSVRC2012_val_*.JPEG``, labelled by one of :data:`VAL_LABEL_FILES`
+   (or ``ann_file=``) found in ``root``, ``root/{split}`` or ``root/ILSVRC2012_devkit_t12/data``, matched by the
+   number in the image's name (so a subset works). The devkit's ILSVRC2012_IDs follow its ``meta.mat``, not the
+   sorted order; ``ilsvrc2012_id_synsets.txt`` ships that table.
 
-   - ``ILSVRC2012_validation_ground_truth.txt`` (devkit): line i is the ILSVRC2012_ID of image i. These ids (1-1000)
-     follow the devkit's ``meta.mat``, not the sorted order; this package ships that table
-     (``ilsvrc2012_id_synsets.txt``, line i = WNID of ILSVRC2012_ID i), so ``meta.mat`` is not needed;
-   - ``LOC_val_solution.csv`` (Kaggle): ``ImageId,PredictionString`` rows whose string starts with the synset;
-   - ``imagenet_2012_validation_synset_labels.txt`` (TensorFlow): line i is the synset of image i.
-
-   ``ann_file=`` may also name any of these. Images are matched to labels by the number in their name, so a subset
-   of the 50 000 images works.
-
-Your own classes (:func:`custom_dataset`, config ``type='CustomDataset'``): ``root/[data_prefix/]<class>/*``
-with the class names given (a list, or a text file with one per line) or the sorted folder names; or an annotation
-file as in 1.
-
-Files are those with mmpretrain's extensions (``.jpg .jpeg .png .ppm .bmp .pgm .tif``, any case), found recursively
-and sorted. Each item is ``(transform(path), label)``: pass :meth:`EvalTransform.to_uint8
-<cspnet.data.transforms.EvalTransform.to_uint8>` so that workers send uint8 ``(3, H, W)`` tensors and normalisation
-runs batched on the device.
-"""
+Images are the files with mmpretrain's extensions (:data:`IMG_EXTENSIONS`, any case), found recursively, sorted."""
 
 from __future__ import annotations
 
@@ -52,12 +34,10 @@ log = logging.getLogger("cspnet")
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif")
 _SYNSET = re.compile(r"n\d{8}")
 _VAL_NUMBER = re.compile(r"ILSVRC2012_val_(\d{8})")
-# Label files of the flat validation folder, looked for in this order.
-VAL_LABEL_FILES = (
-    "ILSVRC2012_validation_ground_truth.txt",
-    "LOC_val_solution.csv",
-    "imagenet_2012_validation_synset_labels.txt",
-)
+# Label files of the flat validation folder, looked for in this order: the devkit's (line i: image i's ILSVRC2012_ID),
+# Kaggle's (``ImageId,PredictionString`` rows, the string starting with the synset), TensorFlow's (line i: a synset).
+VAL_LABEL_FILES = ("ILSVRC2012_validation_ground_truth.txt", "LOC_val_solution.csv",
+                   "imagenet_2012_validation_synset_labels.txt")
 
 
 def ilsvrc2012_id_synsets() -> tuple[str, ...]:
@@ -67,11 +47,8 @@ def ilsvrc2012_id_synsets() -> tuple[str, ...]:
 
 @dataclass
 class ImageDataset(Dataset):
-    """A list of ``(path, label)`` samples with their class names; ``dataset[i]`` -> ``(transform(path), label)``.
-
-    Without a transform an item is the RGB ``PIL.Image``. ``layout`` names where the labels came from and
-    ``source`` the folder or file read.
-    """
+    """A list of ``(path, label)`` samples with their class names; ``dataset[i]`` -> ``(transform(path), label)``
+    (without a transform, the RGB ``PIL.Image``). ``layout``: where the labels came from; ``source``: what was read."""
 
     samples: list[tuple[str, int]]
     classes: Sequence[str]
@@ -101,11 +78,8 @@ def is_image_file(name: str) -> bool:
 
 def _list_images(folder: Path) -> list[str]:
     """Every image under ``folder``, recursively, sorted (as mmpretrain's ``find_folders``/``get_samples``)."""
-    out = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames.sort()
-        out += [os.path.join(dirpath, f) for f in filenames if is_image_file(f)]
-    return sorted(out)
+    walk = os.walk(folder, followlinks=True)
+    return sorted(os.path.join(dirpath, f) for dirpath, _, files in walk for f in files if is_image_file(f))
 
 
 def _subfolders(folder: Path) -> list[str]:
@@ -125,21 +99,11 @@ def _read_lines(path: Path) -> list[str]:
         raise DatasetError(f"label file {str(path)!r} is not UTF-8 text") from None
 
 
-def _check_label(label: int, num_classes: int | None, path: Path, lineno: int) -> int:
-    if label < 0 or (num_classes is not None and label >= num_classes):
-        known = f"0..{num_classes - 1} ({num_classes} classes)" if num_classes is not None else "0 or more"
-        raise DatasetError(f"{str(path)!r} line {lineno}: label {label} is outside the class range {known}")
-    return label
-
-
 def read_annotation_file(path: Path, image_dir: Path, num_classes: int | None,
                          flat_images: list[str] | None = None) -> tuple[list[tuple[str, int]], str]:
-    """Read any supported label file. Returns ``(samples, format name)``.
-
-    ``path label`` / ``path synset`` lines give the samples directly (paths relative to ``image_dir``); the
-    per-image formats of the official validation set (ground-truth ids, Kaggle CSV, one synset per line) label the
-    images found in ``image_dir`` by their number (``flat_images``: that folder's image names, sorted, when the
-    caller has listed them already).
+    """Read any supported label file: ``(samples, format name)``. ``path label`` / ``path synset`` lines give the
+    samples (paths relative to ``image_dir``); the flat validation folder's formats label the images in ``image_dir``
+    by their number (``flat_images``: their sorted names, when the caller has listed them already).
 
     Raises:
         DatasetError: naming the file and line of a malformed line, an unknown synset, or a label outside
@@ -150,8 +114,7 @@ def read_annotation_file(path: Path, image_dir: Path, num_classes: int | None,
     if not content:
         raise DatasetError(f"label file {str(path)!r} is empty")
     first = content[0][1]
-    synsets = imagenet_synsets()
-    synset_index = {s: i for i, s in enumerate(synsets)}
+    synset_index = {s: i for i, s in enumerate(imagenet_synsets())}
 
     def synset_label(s: str, lineno: int) -> int:
         if s not in synset_index:
@@ -169,26 +132,26 @@ def read_annotation_file(path: Path, image_dir: Path, num_classes: int | None,
             by_number[int(m.group(1))] = synset_label(row[1].split()[0], lineno)
         return _label_flat_folder(image_dir, by_number, path, flat_images), "Kaggle LOC_val_solution.csv"
     if re.fullmatch(r"\d+", first):  # devkit ILSVRC2012_validation_ground_truth.txt
-        id_synsets = ilsvrc2012_id_synsets()
-        by_number = {}
+        id_synsets, by_number = ilsvrc2012_id_synsets(), {}
         for number, (lineno, text) in enumerate(content, 1):
             if not text.isdigit() or not 1 <= int(text) <= len(id_synsets):
-                raise DatasetError(
-                    f"{str(path)!r} line {lineno}: expected an ILSVRC2012_ID between 1 and 1000, got {text!r}"
-                )
+                raise DatasetError(f"{str(path)!r} line {lineno}: expected an ILSVRC2012_ID between 1 and 1000, "
+                                   f"got {text!r}")
             by_number[number] = synset_index[id_synsets[int(text) - 1]]
         return _label_flat_folder(image_dir, by_number, path, flat_images), "devkit ground truth (ILSVRC2012_IDs)"
     if _SYNSET.fullmatch(first):  # one synset per line, image i on line i
         by_number = {number: synset_label(text, lineno) for number, (lineno, text) in enumerate(content, 1)}
         return _label_flat_folder(image_dir, by_number, path, flat_images), "one synset per image"
-
     samples = []
     for lineno, text in content:
         rel, sep, label = text.rpartition(" ")
         if not sep or not rel.strip():
             raise DatasetError(f"{str(path)!r} line {lineno}: expected 'relative/path label', got {text!r}")
         if label.lstrip("-").isdigit():
-            value = _check_label(int(label), num_classes, path, lineno)
+            value = int(label)
+            if value < 0 or (num_classes is not None and value >= num_classes):
+                known = f"0..{num_classes - 1} ({num_classes} classes)" if num_classes is not None else "0 or more"
+                raise DatasetError(f"{str(path)!r} line {lineno}: label {value} is outside the class range {known}")
         elif _SYNSET.fullmatch(label):
             value = synset_label(label, lineno)
         else:
@@ -205,10 +168,8 @@ def _label_flat_folder(image_dir: Path, by_number: dict[int, int], label_file: P
     for name in names if names is not None else _flat_images(image_dir):
         m = _VAL_NUMBER.search(name)
         if not m or int(m.group(1)) not in by_number:
-            raise DatasetError(
-                f"{str(image_dir / name)!r} has no label in {str(label_file)!r} (it labels ILSVRC2012_val_00000001 to "
-                f"_{max(by_number):08d} by the number in the file name)"
-            )
+            raise DatasetError(f"{str(image_dir / name)!r} has no label in {str(label_file)!r} (it labels "
+                               f"ILSVRC2012_val_00000001 to _{max(by_number):08d} by the number in the file name)")
         samples.append((str(image_dir / name), by_number[int(m.group(1))]))
     if not samples:
         raise DatasetError(f"{str(image_dir)!r} holds no images ({', '.join(IMG_EXTENSIONS)})")
@@ -219,14 +180,11 @@ def _label_flat_folder(image_dir: Path, by_number: dict[int, int], label_file: P
 
 def _folder_samples(image_dir: Path, folders: Sequence[str], class_index: dict[str, int], expected: str
                     ) -> list[tuple[str, int]]:
-    """Label every image under ``image_dir/<folder>`` by ``class_index[folder]``; ``expected`` says what a folder
-    must be, for the error naming one that is not a class."""
+    """Label every image under ``image_dir/<folder>`` by ``class_index[folder]`` (``expected``: what a folder is)."""
     unknown = [f for f in folders if f not in class_index]
     if unknown:
-        raise DatasetError(
-            f"{str(image_dir / unknown[0])!r} is not {expected} ({len(unknown)} folder(s) are not: "
-            f"{', '.join(unknown[:5])}{', ...' if len(unknown) > 5 else ''})"
-        )
+        raise DatasetError(f"{str(image_dir / unknown[0])!r} is not {expected} ({len(unknown)} folder(s) are not: "
+                           f"{', '.join(unknown[:5])}{', ...' if len(unknown) > 5 else ''})")
     samples = []
     for name in folders:
         files = _list_images(image_dir / name)
@@ -243,21 +201,16 @@ def _resolve(root: Path, file: str | os.PathLike) -> Path:
     return p if p.is_absolute() or p.exists() else root / p
 
 
-def imagenet_dataset(
-    root: str | os.PathLike = "data/imagenet",
-    split: str = "val",
-    transform: Callable[[str], Any] | None = None,
-    ann_file: str | os.PathLike | None = None,
-    data_prefix: str | None = None,
-) -> ImageDataset:
+def imagenet_dataset(root: str | os.PathLike = "data/imagenet", split: str = "val",
+                     transform: Callable[[str], Any] | None = None, ann_file: str | os.PathLike | None = None,
+                     data_prefix: str | None = None) -> ImageDataset:
     """ImageNet-1k from any layout in the module docstring, detected in that order.
 
     Args:
         root: the dataset folder (mmpretrain's ``data_root``).
         split: ``train``, ``val`` (or another folder name); images live in ``root/{data_prefix or split}``.
         transform: applied to each image path (e.g. ``EvalTransform(preset).to_uint8``).
-        ann_file: a label file (relative to ``root`` unless it exists as given); default ``root/meta/{split}.txt``
-            when present.
+        ann_file: a label file, relative to ``root`` unless it exists as given (default: ``root/meta/{split}.txt``).
 
     Raises:
         DatasetError: for a missing root, an undetectable layout (naming the root and every layout tried), a
@@ -266,12 +219,10 @@ def imagenet_dataset(
     root = Path(root)
     classes = imagenet_synsets()
     if not root.is_dir():
-        raise DatasetError(
-            f"ImageNet root {str(root)!r} does not exist (relative paths are from {os.getcwd()!r}). Expected "
-            f"{root}/{split}/<synset>/*.JPEG, {root}/meta/{split}.txt with {root}/{split}/..., or the flat "
-            f"official {root}/{split}/ILSVRC2012_val_*.JPEG with ILSVRC2012_validation_ground_truth.txt; see the "
-            f"README section 'Evaluate on ImageNet'"
-        )
+        raise DatasetError(f"ImageNet root {str(root)!r} does not exist (relative paths are from {os.getcwd()!r}). "
+                           f"Expected {root}/{split}/<synset>/*.JPEG, {root}/meta/{split}.txt with {root}/{split}/..., "
+                           f"or the flat official {root}/{split}/ILSVRC2012_val_*.JPEG with "
+                           "ILSVRC2012_validation_ground_truth.txt; see the README section 'Evaluate on ImageNet'")
     image_dir = root / (data_prefix or split)
     ann = _resolve(root, ann_file) if ann_file else root / "meta" / f"{split}.txt"
     if ann_file and not ann.is_file():
@@ -280,32 +231,29 @@ def imagenet_dataset(
     if ann.is_file():
         samples, fmt = read_annotation_file(ann, image_dir, len(classes))
         return ImageDataset(samples, names, str(root), fmt, str(ann), transform)
-
-    tried = [f"annotation file {ann}: not found"]
-    if image_dir.is_dir():
-        folders = _subfolders(image_dir)
-        flat = _flat_images(image_dir)
-        if folders and not flat:
-            expected = ("an ImageNet-1k class folder: class folders must be WordNet ids such as n01440764 (for your "
-                        "own classes use dataset type='CustomDataset')")
-            samples = _folder_samples(image_dir, folders, {s: i for i, s in enumerate(classes)}, expected)
-            return ImageDataset(samples, names, str(root), "folder per class", str(image_dir), transform)
-        if flat:
-            candidates = [d / f for f in VAL_LABEL_FILES for d in (root, image_dir, root / "ILSVRC2012_devkit_t12" / "data")]
-            for c in candidates:
-                if c.is_file():
-                    samples, fmt = read_annotation_file(c, image_dir, len(classes), flat)
-                    return ImageDataset(samples, names, str(root), f"flat folder + {fmt}", str(image_dir), transform)
-            raise DatasetError(
-                f"{str(image_dir)!r} holds {len(flat)} images directly (the official flat validation folder?) but no "
-                f"labels were found: put ILSVRC2012_validation_ground_truth.txt (from the ILSVRC2012 devkit), "
-                f"LOC_val_solution.csv (Kaggle) or imagenet_2012_validation_synset_labels.txt in {str(root)!r}, "
-                f"or give ann_file= (config: test_dataloader.dataset.ann_file)"
-            )
-        tried.append(f"{image_dir}: holds neither class folders nor images")
-    else:
-        tried.append(f"{image_dir}: no such folder (class folders or flat validation images)")
-    raise DatasetError(f"no ImageNet layout found under {str(root)!r}. Tried:\n" + "\n".join(f"  - {t}" for t in tried))
+    exists = image_dir.is_dir()
+    folders, flat = (_subfolders(image_dir), _flat_images(image_dir)) if exists else ([], [])
+    if folders and not flat:
+        expected = ("an ImageNet-1k class folder: class folders must be WordNet ids such as n01440764 (for your "
+                    "own classes use dataset type='CustomDataset')")
+        samples = _folder_samples(image_dir, folders, {s: i for i, s in enumerate(classes)}, expected)
+        return ImageDataset(samples, names, str(root), "folder per class", str(image_dir), transform)
+    if flat:
+        dirs = (root, image_dir, root / "ILSVRC2012_devkit_t12" / "data")
+        for c in (d / f for f in VAL_LABEL_FILES for d in dirs):
+            if c.is_file():
+                samples, fmt = read_annotation_file(c, image_dir, len(classes), flat)
+                return ImageDataset(samples, names, str(root), f"flat folder + {fmt}", str(image_dir), transform)
+        raise DatasetError(
+            f"{str(image_dir)!r} holds {len(flat)} images directly (the official flat validation folder?) but no "
+            f"labels were found: put ILSVRC2012_validation_ground_truth.txt (from the ILSVRC2012 devkit), "
+            f"LOC_val_solution.csv (Kaggle) or imagenet_2012_validation_synset_labels.txt in {str(root)!r}, "
+            f"or give ann_file= (config: test_dataloader.dataset.ann_file)"
+        )
+    found = ("holds neither class folders nor images" if exists
+             else "no such folder (class folders or flat validation images)")
+    raise DatasetError(f"no ImageNet layout found under {str(root)!r}. Tried:\n  - annotation file {ann}: not found\n"
+                       f"  - {image_dir}: {found}")
 
 
 def _read_classes(classes: Sequence[str] | str | os.PathLike, root: Path) -> list[str]:
@@ -323,13 +271,9 @@ def _read_classes(classes: Sequence[str] | str | os.PathLike, root: Path) -> lis
     return names
 
 
-def custom_dataset(
-    root: str | os.PathLike,
-    data_prefix: str | None = None,
-    ann_file: str | os.PathLike | None = None,
-    classes: Sequence[str] | str | os.PathLike | None = None,
-    transform: Callable[[str], Any] | None = None,
-) -> ImageDataset:
+def custom_dataset(root: str | os.PathLike, data_prefix: str | None = None, ann_file: str | os.PathLike | None = None,
+                   classes: Sequence[str] | str | os.PathLike | None = None,
+                   transform: Callable[[str], Any] | None = None) -> ImageDataset:
     """Your own classes: folder per class under ``root/[data_prefix]``, or an annotation file (``path label``).
 
     Args:
@@ -355,8 +299,7 @@ def custom_dataset(
     folders = _subfolders(image_dir)
     if not folders:
         raise DatasetError(f"{str(image_dir)!r} has no class folders (expected {image_dir}/<class>/<images>)")
-    if names is None:
-        names = folders
+    names = folders if names is None else names
     expected = f"one of the {len(names)} given classes ({', '.join(names[:5])}{', ...' if len(names) > 5 else ''})"
     samples = _folder_samples(image_dir, folders, {n: i for i, n in enumerate(names)}, expected)
     return ImageDataset(samples, names, str(root), "folder per class", str(image_dir), transform)

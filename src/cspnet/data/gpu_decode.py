@@ -1,6 +1,5 @@
 """GPU JPEG decoding for evaluation: the loader workers only read file bytes, the GPU decodes (nvJPEG) and resizes
-(``--decode gpu``; :func:`cspnet.data.loader.input_path` chooses it). torchvision is needed for this path only.
-"""
+(``--decode gpu``; :func:`cspnet.data.loader.input_path` chooses it). torchvision is needed for this path only."""
 
 from __future__ import annotations
 
@@ -27,12 +26,9 @@ class EncodedImage(NamedTuple):
 
 
 class JpegReader:
-    """The dataset transform of the GPU input path: ``path -> EncodedImage`` (runs in the loader workers).
-
-    A file Pillow cannot read raises :class:`~cspnet.errors.ImageError` here, in the worker, so ``--skip-bad``
-    works as with the CPU path. Non-JPEG files, CMYK JPEGs and JPEGs over Pillow's pixel limit go through the exact
-    Pillow pipeline instead (:func:`~cspnet.data.transforms.read_plain_jpeg`).
-    """
+    """The dataset transform of the GPU input path, in the loader workers: ``path -> EncodedImage``. Files that are
+    not plain JPEGs (:func:`~cspnet.data.transforms.read_plain_jpeg`) go through the exact Pillow pipeline, so one
+    it cannot read raises :class:`~cspnet.errors.ImageError` in the worker and ``--skip-bad`` works."""
 
     def __init__(self, preset: EvalPreset):
         self.transform = EvalTransform(preset)
@@ -46,28 +42,18 @@ class JpegReader:
 
 def apply_exif_orientation(img: torch.Tensor, orientation: int) -> torch.Tensor:
     """``(C, H, W)`` as stored -> as displayed, for EXIF orientation 1..8 (Pillow's ``ImageOps.exif_transpose``)."""
-    ops = {
-        1: lambda t: t,
-        2: lambda t: t.flip(-1),
-        3: lambda t: t.flip(-2, -1),
-        4: lambda t: t.flip(-2),
-        5: lambda t: t.transpose(-2, -1),
-        6: lambda t: torch.rot90(t, -1, (-2, -1)),
-        7: lambda t: t.transpose(-2, -1).flip(-2, -1),
-        8: lambda t: torch.rot90(t, 1, (-2, -1)),
-    }
-    return ops[orientation](img)
+    # 1..4: as stored, mirrored, turned 180 degrees, flipped; 5..8: the same after a transpose (6 and 8 are rotations)
+    flips = {1: (), 2: (-1,), 3: (-2, -1), 4: (-2,), 5: (), 6: (-1,), 7: (-2, -1), 8: (-2,)}[orientation]
+    img = img.transpose(-2, -1) if orientation >= 5 else img
+    return img.flip(flips) if flips else img
 
 
 class GpuJpegDecoder:
-    """Decode a batch of :class:`EncodedImage` on ``device`` (nvJPEG via torchvision), then resize and crop it
-    exactly as :class:`~cspnet.data.transforms.EvalTransform` does (:func:`cspnet.data.resample.resize_crop`):
-    ``list[EncodedImage] -> uint8 (N, 3, crop, crop)`` (channels-last in memory).
-
-    A JPEG nvJPEG rejects is decoded by Pillow instead. Not exact: nvJPEG's IDCT and chroma upsampling differ from
-    libjpeg-turbo's by a few levels per pixel (the resize after it is Pillow's own); ``benchmarks/RESULTS.md``
-    gives the measured differences and the top-1 agreement. torchvision is needed for this path only.
-    """
+    """Decode a batch of :class:`EncodedImage` on ``device`` (nvJPEG via torchvision; Pillow for a JPEG it rejects),
+    then resize and crop it exactly as :class:`~cspnet.data.transforms.EvalTransform` does
+    (:func:`cspnet.data.resample.resize_crop`): ``list[EncodedImage] -> uint8 (N, 3, crop, crop)`` (channels-last).
+    Not exact: nvJPEG's IDCT and chroma upsampling differ from libjpeg-turbo's by a few levels per pixel
+    (``benchmarks/RESULTS.md`` gives the measured differences and the top-1 agreement)."""
 
     def __init__(self, preset: EvalPreset, device: str | torch.device = "cuda"):
         try:
@@ -85,8 +71,7 @@ class GpuJpegDecoder:
 
     def _decode(self, raw: list[bytes]) -> list[torch.Tensor | None]:
         with warnings.catch_warnings():
-            # torchvision 0.29+ flags its image I/O as deprecated on every call; frombuffer warns that bytes are
-            # read-only (nvJPEG only reads them)
+            # torchvision 0.29+'s deprecation notice on every call; frombuffer's read-only notice (nvJPEG only reads)
             warnings.simplefilter("ignore")
             datas = [torch.frombuffer(r, dtype=torch.uint8) for r in raw]
             try:
@@ -102,7 +87,6 @@ class GpuJpegDecoder:
 
     def __call__(self, items: Sequence[EncodedImage]) -> torch.Tensor:
         from PIL import Image
-
         crop = self.preset.crop
         out = torch.empty((len(items), crop, crop, 3), dtype=torch.uint8, device=self.device).permute(0, 3, 1, 2)
         jpegs = [i for i, it in enumerate(items) if it.data is not None]

@@ -1,9 +1,6 @@
-"""Data loaders for evaluation and prediction, and the one place that decides where eval preprocessing runs.
-
-:func:`build_eval_loader`: every image once, in order, across processes (:class:`ShardSampler` never pads), a bad
-image reported instead of killing a worker. :func:`input_path`: the loader workers' half and the device's half of
-the exact eval preprocessing (Pillow in the workers, or decode there and resize on the device, or nvJPEG).
-"""
+"""Data loaders for evaluation and prediction (:func:`build_eval_loader`: every image once, in order, across
+processes, a bad image reported instead of killing a worker), and :func:`input_path`, the one place that decides
+where the exact eval preprocessing runs (Pillow in the workers; decode there, resize on the device; or nvJPEG)."""
 
 from __future__ import annotations
 
@@ -54,15 +51,11 @@ class Indexed(Dataset):
 
 
 def collate_indexed(batch: Sequence[tuple[int, Any, int, str | None]]):
-    """Stack the readable images; returns ``(indices, images, labels, bad)``, ``images`` uint8 ``(n, 3, H, W)``
-    (or what the items' ``collate`` makes of them), ``None`` when none could be read.
-
-    ``indices``/``labels`` cover the readable images only; ``bad`` lists ``(index, error message)`` of the others.
-    """
+    """Stack the readable images: ``(indices, images, labels, bad)``; ``indices``/``labels`` of the readable images
+    only, ``images`` uint8 ``(n, 3, H, W)`` (or what the items' ``collate`` makes of them; ``None`` when none could be
+    read), ``bad`` ``(index, error message)`` of the others."""
     good = [b for b in batch if b[3] is None]
     bad = [(b[0], b[3]) for b in batch if b[3] is not None]
-    indices = torch.tensor([b[0] for b in good], dtype=torch.long)
-    labels = torch.tensor([b[2] for b in good], dtype=torch.long)
     images = None
     if good:
         # uint8 crops are stacked; items with a ``collate`` of their own (decoded images for the resize on the
@@ -70,6 +63,7 @@ def collate_indexed(batch: Sequence[tuple[int, Any, int, str | None]]):
         items = [b[1] for b in good]
         pack = getattr(type(items[0]), "collate", None)
         images = torch.stack(items) if isinstance(items[0], torch.Tensor) else pack(items) if pack else items
+    indices, labels = (torch.tensor([b[i] for b in good], dtype=torch.long) for i in (0, 2))
     return indices, images, labels, bad
 
 
@@ -82,36 +76,21 @@ def worker_count(wanted: int | None = None) -> int:
     return share if wanted is None else min(wanted, share)
 
 
-def build_eval_loader(
-    dataset: Dataset,
-    batch_size: int = 32,
-    num_workers: int | None = None,
-    rank: int = 0,
-    world_size: int = 1,
-    pin_memory: bool | None = None,
-    persistent_workers: bool = False,
-    prefetch_factor: int | None = None,
-) -> DataLoader:
+def build_eval_loader(dataset: Dataset, batch_size: int = 32, num_workers: int | None = None, rank: int = 0,
+                      world_size: int = 1, pin_memory: bool | None = None, persistent_workers: bool = False,
+                      prefetch_factor: int | None = None) -> DataLoader:
     """A loader for :func:`cspnet.engine.evaluate.evaluate`: rank ``rank``'s unpadded shard of ``world_size``, in
-    order, batches of :func:`collate_indexed`.
-
-    ``dataset[i]`` must return ``(uint8 tensor (3, H, W), label)``. ``num_workers`` defaults to one per CPU core
-    (shared among the processes of one machine under torchrun: Pillow decodes and resizes ~200 ImageNet JPEGs/s
-    per core, so fewer workers starve a GPU), and is capped there (:func:`worker_count`). ``pin_memory`` defaults
-    to whether CUDA is available.
-    """
+    order, batches of :func:`collate_indexed`. ``dataset[i]`` must return ``(uint8 tensor (3, H, W), label)``.
+    ``num_workers``: see :func:`worker_count` (by default one per core: Pillow decodes and resizes ~200 ImageNet
+    JPEGs/s per core, so fewer workers starve a GPU). ``pin_memory`` defaults to whether CUDA is available."""
     if batch_size < 1:
         raise InvalidOptionError(f"batch_size must be at least 1, got {batch_size}")
     workers = worker_count(num_workers)
     return DataLoader(
-        Indexed(dataset),
-        batch_size=batch_size,
+        Indexed(dataset), batch_size=batch_size, num_workers=workers, collate_fn=collate_indexed,
         sampler=ShardSampler(len(dataset), rank, world_size),  # type: ignore[arg-type]
-        num_workers=workers,
-        collate_fn=collate_indexed,
         pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
-        persistent_workers=persistent_workers and workers > 0,
-        prefetch_factor=prefetch_factor if workers > 0 else None,
+        persistent_workers=persistent_workers and workers > 0, prefetch_factor=prefetch_factor if workers > 0 else None,
     )
 
 
@@ -149,7 +128,6 @@ def input_path(preset: EvalPreset, device: torch.device | str, resize: str = "au
                                  f"and decode 'cpu' or 'gpu'")
     if decode == "gpu":
         from .gpu_decode import GpuJpegDecoder, JpegReader
-
         if device.type != "cuda":
             raise InvalidOptionError(f"--decode gpu needs a CUDA device; this run is on {device}")
         if resize == "loader":

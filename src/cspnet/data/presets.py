@@ -13,12 +13,10 @@ INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos")  # Pillow's filte
 
 @dataclass(frozen=True)
 class EvalPreset:
-    """The eval preprocessing of one checkpoint, as explicit integers (no crop_pct floats to floor).
-
-    ``resize``: the short edge after resizing (the long edge is ``int(resize * long / short)``, truncated, as
-    mmpretrain's ``ResizeEdge``); ``crop``: the centre-crop side; ``interpolation``: Pillow filter; ``mean``/``std``:
-    per RGB channel on the 0-255 scale.
-    """
+    """The eval preprocessing of one checkpoint, as explicit integers (no crop_pct floats to floor). ``resize``: the
+    short edge after resizing (the long edge is ``int(resize * long / short)``, truncated, as mmpretrain's
+    ``ResizeEdge``); ``crop``: the centre-crop side; ``interpolation``: Pillow filter; ``mean``/``std``: per RGB
+    channel on the 0-255 scale."""
 
     resize: int
     crop: int

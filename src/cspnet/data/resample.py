@@ -1,20 +1,15 @@
 """Pillow's resize, bit for bit, in integer tensor ops on any device, for a batch of images of different sizes.
 
-Why: in the exact eval pipeline (Pillow decode, Pillow bicubic short-edge resize, centre crop) the resize costs
-about three quarters of a CPU core's time per ImageNet image and the decode one quarter (measured:
-``benchmarks/RESULTS.md``). Resizing on the GPU leaves the loader workers only the decode, so the same workers feed
-about twice as many images per second, and no result changes: this is Pillow's own algorithm (``Resample.c``:
-filter weights computed in double precision and quantised to 22-bit fixed point, two passes in Pillow's order, each
-rounded and clipped to 8 bits in 32-bit integers), not ``torch.nn.functional.interpolate``, whose float weights
-differ from Pillow's by a grey level here and there. ``tests/test_resample.py`` checks equality with Pillow on
-mmpretrain's golden arrays and on images of many sizes, filters and both pass orders.
+Why: in the exact eval pipeline the resize costs about three quarters of a CPU core's time per ImageNet image and
+the decode a quarter (``benchmarks/RESULTS.md``); resizing on the GPU lets the same loader workers feed about twice
+as many images per second, with no result changed. This is Pillow's own algorithm (``Resample.c``: weights computed
+in double precision, quantised to 22-bit fixed point; two passes in Pillow's order, each rounded and clipped to 8
+bits), not ``torch.nn.functional.interpolate``, whose float weights differ from Pillow's by a grey level here and
+there (``tests/test_resample.py`` checks equality). Only the pixels inside the centre crop are computed.
 
-Only the pixels inside the centre crop are computed: an output pixel depends on its own taps only.
-
-Flow: a loader worker runs :class:`DecodeForResize` (``path -> DecodedImage``: the decoded pixels and the taps of
-their crop window); ``collate`` packs a batch into one :class:`ResizeBatch` (one shared-memory buffer, so a batch
-crosses from the worker in one piece); :class:`DeviceResize` resizes and crops it on the device.
-"""
+Flow: a loader worker runs :class:`DecodeForResize` (``path -> DecodedImage``: pixels and their crop's taps);
+``collate`` packs a batch into one :class:`ResizeBatch` (one shared-memory buffer, crossing from the worker in one
+piece); :class:`DeviceResize` resizes and crops it on the device."""
 
 from __future__ import annotations
 
@@ -66,10 +61,9 @@ FILTERS = {"bilinear": (_bilinear, 1.0), "bicubic": (_bicubic, 2.0), "lanczos": 
 def check_device_resize(preset: EvalPreset) -> None:
     """Raise :class:`~cspnet.errors.InvalidOptionError` for a preset whose filter is not implemented here."""
     if preset.interpolation not in FILTERS:
-        raise InvalidOptionError(
-            f"resizing on the device (--resize device, --decode gpu) supports {sorted(FILTERS)} interpolation, not "
-            f"{preset.interpolation!r}: resize in the loader workers instead (--resize loader --decode cpu)"
-        )
+        raise InvalidOptionError(f"resizing on the device (--resize device, --decode gpu) supports {sorted(FILTERS)} "
+                                 f"interpolation, not {preset.interpolation!r}: resize in the loader workers instead "
+                                 "(--resize loader --decode cpu)")
 
 
 @functools.lru_cache(maxsize=1024)  # ImageNet's common edges (500, 375, 333, ...) stay; ~15 MB at most per worker
@@ -107,18 +101,14 @@ def pillow_taps(in_size: int, out_size: int, interpolation: str) -> tuple[np.nda
 @functools.lru_cache(maxsize=None)  # asked once per image
 def _pillow_major() -> int:
     import PIL
-
     return int(PIL.__version__.split(".")[0])
 
 
 def pillow_vertical_first(height: int, width: int, new_height: int, new_width: int) -> bool:
-    """Whether Pillow resizes ``height x width`` to ``new_height x new_width`` vertical pass first.
-
-    Pillow 13 (python-pillow/Pillow#9549) runs the vertical pass first when the height loses more than twice as
-    many pixels as the width, which is faster; older Pillow always runs the horizontal pass first. The order changes
-    the 8-bit rounding between the passes, so the installed Pillow's order is followed: the device path then equals
-    the loader path on the same machine.
-    """
+    """Whether Pillow resizes ``height x width`` to ``new_height x new_width`` vertical pass first: Pillow 13
+    (python-pillow/Pillow#9549) does when the height loses more than twice as many pixels as the width, older Pillow
+    never. The order changes the rounding between the passes, so the installed Pillow's is followed: the device path
+    then equals the loader path on the same machine."""
     shrink = height - new_height
     return _pillow_major() >= 13 and shrink > 0 and shrink > 2 * (width - new_width)
 
@@ -176,14 +166,11 @@ def _shared_uint8(shape: tuple[int, ...]) -> torch.Tensor:
 
 
 class ResizeBatch(NamedTuple):
-    """A batch of decoded images of any sizes, packed for :func:`resize_crop` (every field a tensor, so the
-    DataLoader pins them all):
-
-    ``pixels`` uint8 ``(sum of H*W, 3)``: the images' rows one after another; ``sizes`` int64 ``(N, 2)``:
+    """A batch of decoded images of any sizes, packed for :func:`resize_crop` (all tensors, so the DataLoader pins
+    them all): ``pixels`` uint8 ``(sum of H*W, 3)``, the images' rows one after another; ``sizes`` int64 ``(N, 2)``
     ``(H, W)``; ``v_start``/``h_start`` int64 ``(N, crop)``, ``v_weights``/``h_weights`` int32 ``(N, crop, K)``:
-    the taps (:class:`CropTaps`), padded to one ``K``; ``v_taps``/``h_taps`` int64 ``(N,)``: each image's own
-    ``K``; ``vertical_first`` bool ``(N,)``.
-    """
+    the :class:`CropTaps` padded to one ``K``; ``v_taps``/``h_taps`` int64 ``(N,)``: each image's own ``K``;
+    ``vertical_first`` bool ``(N,)``."""
 
     pixels: torch.Tensor
     sizes: torch.Tensor
@@ -218,11 +205,6 @@ class ResizeBatch(NamedTuple):
         )
 
 
-def _clip8(acc: torch.Tensor) -> torch.Tensor:
-    """Resample.c's ``clip8``: the accumulator (which started at half a unit, so this rounds) to 0..255."""
-    return (acc >> PRECISION_BITS).clamp_(0, 255).to(torch.uint8)
-
-
 def _accumulate(source: torch.Tensor, first: torch.Tensor, step: torch.Tensor | int, weights: torch.Tensor,
                 owner: torch.Tensor, taps: torch.Tensor) -> torch.Tensor:
     """One pass: ``out[g, j] = clip8(sum_k source[first[g, j] + k * step[g]] * weights[owner[g], j, k])``.
@@ -244,15 +226,13 @@ def _accumulate(source: torch.Tensor, first: torch.Tensor, step: torch.Tensor | 
         src = source.index_select(0, (first[:g] + offset).clamp_(max=last).view(-1)).view(shape)
         w = weights[:, :, k].index_select(0, owner[:g]).view(g, first.shape[1], *([1] * (source.dim() - 1)))
         acc[:g] += src.to(torch.int32) * w
-    return _clip8(acc)
+    return (acc >> PRECISION_BITS).clamp_(0, 255).to(torch.uint8)  # Resample.c's clip8 (acc began at half a unit)
 
 
 def resize_crop(batch: ResizeBatch, device: torch.device | str) -> torch.Tensor:
-    """A :class:`ResizeBatch` -> uint8 ``(N, 3, crop, crop)`` on ``device``, equal to
-    :meth:`EvalTransform.to_uint8 <cspnet.data.transforms.EvalTransform.to_uint8>` of each image.
-
-    The result is a channels-last (NHWC) view, the layout the fast model path reads.
-    """
+    """A :class:`ResizeBatch` -> uint8 ``(N, 3, crop, crop)`` on ``device``, equal to :meth:`EvalTransform.to_uint8
+    <cspnet.data.transforms.EvalTransform.to_uint8>` of each image: a channels-last (NHWC) view, as the fast model
+    path reads it."""
     device = torch.device(device)
     to = functools.partial(torch.Tensor.to, device=device, non_blocking=True)
     heights, widths = batch.sizes[:, 0], batch.sizes[:, 1]
@@ -298,12 +278,9 @@ def resize_crop(batch: ResizeBatch, device: torch.device | str) -> torch.Tensor:
 
 
 class DecodeForResize:
-    """The loader workers' half of the resize-on-device input path: ``image -> DecodedImage``.
-
-    Decoding is :func:`~cspnet.data.transforms.load_rgb_array`: the pixels of the exact pipeline's
-    :func:`~cspnet.data.transforms.load_image` (EXIF orientation, any mode to RGB; an unreadable file raises
-    :class:`~cspnet.errors.ImageError` naming it, so ``--skip-bad`` works).
-    """
+    """The loader workers' half of the resize-on-device path: ``image -> DecodedImage``, decoded by
+    :func:`~cspnet.data.transforms.load_rgb_array` (``load_image``'s pixels; an unreadable file raises
+    :class:`~cspnet.errors.ImageError` naming it, so ``--skip-bad`` works)."""
 
     def __init__(self, preset: EvalPreset):
         check_device_resize(preset)

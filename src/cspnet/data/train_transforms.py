@@ -1,13 +1,11 @@
 """The training augmentation of mmpretrain's CSPNet configs, with randomness that survives resuming.
 
-mmpretrain's train pipeline: ``RandomResizedCrop(224, crop_ratio_range=(0.08, 1), aspect_ratio_range=(3/4, 4/3),
-max_attempts=10, backend='pillow', interpolation='bicubic')`` then ``RandomFlip(prob=0.5, direction='horizontal')``
-(read from a config by :func:`cspnet.config.train_pipeline`, into a :class:`TrainPipeline`). :class:`TrainTransform` draws the same distributions
-in the same order, but from a generator seeded by ``(seed, epoch, sample index)`` instead of the process-global
-NumPy state. So an image's augmentation depends on neither the DataLoader worker that loads it nor where a run was
-interrupted: a resumed run sees exactly the pixels an uninterrupted one would. :class:`TrainSampler` (a seeded
-shuffle per epoch that can skip what an interrupted epoch already consumed) and :class:`TrainSet` put it together.
-"""
+mmpretrain's ``RandomResizedCrop`` then ``RandomFlip`` (a config's, read by :func:`cspnet.config.train_pipeline`
+into a :class:`TrainPipeline`). :class:`TrainTransform` draws the same distributions in the same order, but from a
+generator seeded by ``(seed, epoch, sample index)`` instead of NumPy's global state, so an image's augmentation
+depends on neither the loader worker nor where a run was interrupted: a resumed run sees the very pixels of an
+uninterrupted one. :class:`TrainSampler` (a seeded shuffle per epoch that can skip what an interrupted epoch
+consumed) and :class:`TrainSet` put it together."""
 
 from __future__ import annotations
 
@@ -24,13 +22,11 @@ from .transforms import IMAGENET_MEAN, IMAGENET_STD, RESAMPLING, ImageLike, load
 
 @dataclass(frozen=True)
 class TrainPipeline:
-    """The training augmentation of a config: mmpretrain's ``RandomResizedCrop`` then ``RandomFlip``.
-
-    ``crop``: output side; ``scale``: range of the crop's area as a fraction of the image (``crop_ratio_range``);
-    ``ratio``: range of its aspect ratio w/h (``aspect_ratio_range``); ``max_attempts``: tries before mmpretrain's
-    fallback (a centre crop with the aspect ratio clamped to ``ratio``); ``interpolation``: Pillow filter;
-    ``flip_prob``: probability of a horizontal flip; ``mean``/``std``: RGB on 0-255, applied on the batch.
-    """
+    """A config's training augmentation, mmpretrain's ``RandomResizedCrop`` then ``RandomFlip``. ``crop``: output
+    side; ``scale``: range of the crop's area as a fraction of the image (``crop_ratio_range``); ``ratio``: range of
+    its aspect ratio w/h (``aspect_ratio_range``); ``max_attempts``: tries before mmpretrain's fallback (a centre
+    crop with the aspect ratio clamped to ``ratio``); ``interpolation``: Pillow filter; ``flip_prob``: probability
+    of a horizontal flip; ``mean``/``std``: RGB on 0-255, applied on the batch."""
 
     crop: int = 224
     scale: tuple[float, float] = (0.08, 1.0)
@@ -44,10 +40,9 @@ class TrainPipeline:
 
 def random_resized_crop_box(w: int, h: int, p: TrainPipeline, rng: np.random.Generator) -> tuple[int, int, int, int]:
     """mmpretrain's ``RandomResizedCrop.rand_crop_params`` -> ``(left, top, width, height)`` of the crop."""
-    area = h * w
     log_ratio = (math.log(p.ratio[0]), math.log(p.ratio[1]))
     for _ in range(p.max_attempts):
-        target_area = rng.uniform(*p.scale) * area
+        target_area = rng.uniform(*p.scale) * (h * w)
         aspect = math.exp(rng.uniform(*log_ratio))
         tw = int(round(math.sqrt(target_area * aspect)))
         th = int(round(math.sqrt(target_area / aspect)))
@@ -93,12 +88,9 @@ def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
 
 
 class TrainSampler(torch.utils.data.Sampler):
-    """This rank's share of a seeded shuffle of ``range(size)``, as ``(index, epoch)`` pairs.
-
-    The order is a function of ``(seed, epoch)`` (torch's ``DistributedSampler`` recipe: one permutation, padded to
-    a multiple of the world size, then every ``world``-th item). :meth:`set_epoch` also takes ``skip``, the number
-    of items already consumed, to continue an interrupted epoch.
-    """
+    """This rank's share of a seeded shuffle of ``range(size)``, as ``(index, epoch)`` pairs: a function of ``(seed,
+    epoch)`` (torch's ``DistributedSampler`` recipe: one permutation, padded to a multiple of the world size, then
+    every ``world``-th item). :meth:`set_epoch`'s ``skip`` (items already consumed) continues an interrupted epoch."""
 
     def __init__(self, size: int, seed: int, rank: int = 0, world: int = 1, shuffle: bool = True):
         self.size, self.seed, self.rank, self.world, self.shuffle = size, seed, rank, world, shuffle
@@ -109,14 +101,10 @@ class TrainSampler(torch.utils.data.Sampler):
         self.epoch, self.skip = epoch, skip
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed + self.epoch)
-            order = torch.randperm(self.size, generator=g).tolist()
-        else:
-            order = list(range(self.size))
+        g = torch.Generator().manual_seed(self.seed + self.epoch) if self.shuffle else None
+        order = torch.randperm(self.size, generator=g).tolist() if self.shuffle else list(range(self.size))
         order += order[: self.per_rank * self.world - self.size]
-        mine = order[self.rank :: self.world]
-        return iter([(i, self.epoch) for i in mine[self.skip :]])
+        return iter([(i, self.epoch) for i in order[self.rank :: self.world][self.skip :]])
 
     def __len__(self) -> int:
         return self.per_rank - self.skip

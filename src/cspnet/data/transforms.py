@@ -1,10 +1,7 @@
-"""Image loading and the exact eval preprocessing of mmpretrain's CSPNet configs.
-
-mmpretrain's test pipeline: decode (cv2, BGR) -> ``ResizeEdge(scale, edge='short', backend='pillow',
-interpolation='bicubic')`` -> ``CenterCrop(crop)`` -> flip to RGB -> ``(x - mean) / std`` on the 0-255 scale.
-Here images are decoded by Pillow straight to RGB; the resize runs per channel, so the channel order does not change
-a pixel, and the result equals mmpretrain's own arrays (``tests/test_transforms.py`` checks every demo image).
-"""
+"""Image loading and the exact eval preprocessing of mmpretrain's CSPNet configs: decode (cv2, BGR) ->
+``ResizeEdge(scale, edge='short', backend='pillow', interpolation='bicubic')`` -> ``CenterCrop(crop)`` -> RGB ->
+``(x - mean) / std`` on the 0-255 scale. Here Pillow decodes straight to RGB; the resize runs per channel, so the
+channel order changes no pixel, and the result equals mmpretrain's own arrays (``tests/test_transforms.py``)."""
 
 from __future__ import annotations
 
@@ -24,7 +21,6 @@ from .presets import IMAGENET_MEAN, IMAGENET_STD, INTERPOLATIONS, EvalPreset  # 
 
 ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray]
 
-# Pillow's filter for each interpolation name of a preset
 RESAMPLING = {name: getattr(Image.Resampling, name.upper()) for name in INTERPOLATIONS}
 
 
@@ -38,8 +34,7 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         return Image.fromarray((arr >> shift).clip(0, 255).astype(np.uint8)).convert("RGB")
     if img.mode == "F":
         return Image.fromarray(np.asarray(img).clip(0, 255).astype(np.uint8)).convert("RGB")
-    # RGBA/LA/P: alpha is dropped without compositing, as cv2.IMREAD_COLOR (mmpretrain) does. CMYK/YCbCr/L/1:
-    # Pillow's standard conversions.
+    # RGBA/LA/P: alpha dropped, not composited, as cv2.IMREAD_COLOR (mmpretrain); CMYK/YCbCr/L/1: Pillow's conversions
     return img if img.mode == "RGB" else img.convert("RGB")
 
 
@@ -59,9 +54,8 @@ def load_image(image: ImageLike) -> Image.Image:
         return _to_rgb(ImageOps.exif_transpose(image) or image)
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8 or not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 3)):
-            raise ImageError(
-                f"an image array must be uint8 with shape (H, W, 3) RGB or (H, W); got {image.dtype} {image.shape}"
-            )
+            raise ImageError(f"an image array must be uint8 with shape (H, W, 3) RGB or (H, W); got {image.dtype} "
+                             f"{image.shape}")
         return Image.fromarray(np.ascontiguousarray(image)).convert("RGB")
     if not isinstance(image, (str, os.PathLike)):
         raise ImageError(f"expected a path, PIL.Image or uint8 array, got {type(image).__name__}")
@@ -77,9 +71,8 @@ def load_image(image: ImageLike) -> Image.Image:
                 img.load()  # decode now, inside the try, so truncated data raises here and not later
                 return _to_rgb(ImageOps.exif_transpose(img) or img)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageError(
-            f"image {str(path)!r} declares too many pixels ({e}); refusing to decode it (a decompression bomb?)"
-        ) from None
+        raise ImageError(f"image {str(path)!r} declares too many pixels ({e}); refusing to decode it (a decompression "
+                         "bomb?)") from None
     except UnidentifiedImageError:
         raise ImageError(f"{str(path)!r} is not an image Pillow can read (corrupt, empty or another file type)") from None
     except (OSError, SyntaxError, ValueError) as e:
@@ -87,34 +80,25 @@ def load_image(image: ImageLike) -> Image.Image:
 
 
 def load_rgb_array(image: ImageLike) -> np.ndarray:
-    """:func:`load_image` as a uint8 ``(H, W, 3)`` RGB array: the same pixels, faster for plain JPEG files.
-
-    A JPEG file that is RGB or greyscale, without EXIF rotation, is decoded by torchvision's CPU decoder when
-    torchvision is installed and gives Pillow's very pixels in this process (both are libjpeg-turbo with the same
-    settings; checked once per process on test images): it skips Pillow's per-image overhead, 1.0 ms instead of
-    1.7 ms for a 500x375 photo here. Everything else, and every file torchvision refuses, goes through Pillow, which
-    raises the :class:`~cspnet.errors.ImageError` naming the file.
-    """
-    if isinstance(image, (str, os.PathLike)):
-        decode = _libjpeg_decoder()
-        pixels = decode(Path(image)) if decode is not None else None
-        if pixels is not None:
-            return pixels
-    return np.asarray(load_image(image), dtype=np.uint8)
+    """:func:`load_image` as a uint8 ``(H, W, 3)`` RGB array: the same pixels, faster for plain JPEG files. An RGB or
+    greyscale JPEG file without EXIF rotation goes to torchvision's CPU decoder when it is installed and gives
+    Pillow's very pixels in this process (both libjpeg-turbo, same settings; checked once per process): 1.0 ms
+    instead of Pillow's 1.7 ms for a 500x375 photo here. Everything else, and every file torchvision refuses, goes
+    through Pillow, which raises the :class:`~cspnet.errors.ImageError` naming the file."""
+    decode = _libjpeg_decoder() if isinstance(image, (str, os.PathLike)) else None
+    pixels = decode(Path(image)) if decode is not None else None
+    return pixels if pixels is not None else np.asarray(load_image(image), dtype=np.uint8)
 
 
 def read_plain_jpeg(path: str | os.PathLike) -> tuple[bytes, int] | None:
     """A JPEG file's bytes and EXIF orientation (1..8) when a decoder other than Pillow (torchvision's libjpeg-turbo,
     nvJPEG) may take it: RGB or greyscale, within Pillow's pixel limit. ``None`` for anything else, unreadable files
-    included: Pillow's pipeline then takes the file and names any problem. Other files are read no further than
-    their first two bytes, so that Pillow alone reads them.
-    """
+    included, so that Pillow's pipeline takes it and names any problem (of other files, 2 bytes are read)."""
     try:
         with open(path, "rb") as f:
             if f.read(2) != b"\xff\xd8":  # JPEG's start-of-image marker
                 return None
-            f.seek(0)
-            raw = f.read()
+            raw = b"\xff\xd8" + f.read()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # a size warning here is Pillow's to raise, on its own path
             with Image.open(io.BytesIO(raw)) as im:  # the header only
@@ -158,10 +142,9 @@ def _libjpeg_decoder():
         buf = io.BytesIO()
         Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(buf, "JPEG", quality=90, **extra)
         try:
-            same = np.array_equal(decode_bytes(buf.getvalue()), np.asarray(Image.open(buf).convert("RGB")))
+            if not np.array_equal(decode_bytes(buf.getvalue()), np.asarray(Image.open(buf).convert("RGB"))):
+                return None
         except Exception:  # noqa: BLE001
-            same = False
-        if not same:
             return None
     return decode
 
@@ -191,11 +174,9 @@ def center_crop(img: Image.Image, size: int) -> Image.Image:
 
 
 class EvalTransform:
-    """Eval preprocessing: image -> normalised float32 tensor ``(3, crop, crop)``.
-
-    Split in two for fast loaders: :meth:`to_uint8` (decode, resize, crop; runs in DataLoader workers and sends
-    4x fewer bytes) and :meth:`normalize` (on the batch, on the model's device).
-    """
+    """Eval preprocessing: image -> normalised float32 tensor ``(3, crop, crop)``. Split in two for fast loaders:
+    :meth:`to_uint8` (decode, resize, crop; runs in DataLoader workers and sends 4x fewer bytes) and
+    :meth:`normalize` (on the batch, on the model's device)."""
 
     def __init__(self, preset: EvalPreset):
         self.preset = preset
@@ -213,8 +194,7 @@ class EvalTransform:
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 ``(3, H, W)`` or ``(N, 3, H, W)`` -> float32 ``(x - mean) / std``, on ``x``'s device."""
-        mean, std = self._mean.to(x.device), self._std.to(x.device)
-        return (x.float() - mean) / std
+        return (x.float() - self._mean.to(x.device)) / self._std.to(x.device)
 
     def __call__(self, image: ImageLike) -> torch.Tensor:
         return self.normalize(self.to_uint8(image))

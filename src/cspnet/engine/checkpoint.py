@@ -93,10 +93,8 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     ckpt, _ = read_file(path)
     missing = [k for k in _REQUIRED if not isinstance(ckpt, Mapping) or k not in ckpt]
     if missing:
-        raise CheckpointError(
-            f"{str(path)!r} is not a cspnet training checkpoint (missing {missing}); to start from its weights, "
-            f"set load_from={str(path)!r} instead of --resume"
-        )
+        raise CheckpointError(f"{str(path)!r} is not a cspnet training checkpoint (missing {missing}); to start from "
+                              f"its weights, set load_from={str(path)!r} instead of --resume")
     return dict(ckpt)
 
 
@@ -107,12 +105,10 @@ def check_resumable(checkpoint: Mapping, spec: ModelSpec, path: str | os.PathLik
     meta = checkpoint["meta"]
     held = ModelSpec.from_meta(meta.get("spec"), f"checkpoint {str(path)!r}") if isinstance(meta, Mapping) else None
     if held is None or (held.arch, held.num_classes) != (spec.arch, spec.num_classes):
-        raise CheckpointError(
-            f"cannot resume from {str(path)!r}: it was trained as {held.arch if held else '?'} with "
-            f"{held.num_classes if held else '?'} classes, but the config builds {spec.arch} with {spec.num_classes} "
-            f"classes. Resume with the config it was trained with, or start a new run (set load_from to fine-tune "
-            f"from its weights)"
-        )
+        raise CheckpointError(f"cannot resume from {str(path)!r}: it was trained as {held.arch if held else '?'} with "
+                              f"{held.num_classes if held else '?'} classes, but the config builds {spec.arch} with "
+                              f"{spec.num_classes} classes. Resume with the config it was trained with, or start a "
+                              f"new run (set load_from to fine-tune from its weights)")
     if checkpoint["optimizer"] is None:
         raise CheckpointError(f"cannot resume from {str(path)!r}: it was saved without its optimizer state "
                               f"(default_hooks.checkpoint.save_optimizer=False); fine-tune from it with load_from")

@@ -43,18 +43,15 @@ class DistInfo:
 
 def default_device(device: str | torch.device | None = None) -> torch.device:
     """``device`` as given, else ``cuda`` when available, else ``cpu``."""
-    if device is not None:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device if device is not None else "cuda" if torch.cuda.is_available() else "cpu")
 
 
 def init_distributed(launcher: str = "none", device: str | torch.device | None = None,
                      timeout_s: float = 1800, backend: str = "nccl") -> DistInfo:
     """Join the process group that ``torchrun`` describes (``launcher='pytorch'``), or run alone (``'none'``).
 
-    ``backend='nccl'`` (``env_cfg.dist_cfg.backend``) means NCCL when computing on CUDA and gloo on CPU;
-    ``'gloo'`` gloo everywhere. Under torchrun with CUDA, a process uses GPU
-    ``LOCAL_RANK`` (an explicit ``device='cuda:1'`` wins, for a one-process run).
+    ``backend='nccl'`` (``env_cfg.dist_cfg.backend``): NCCL on CUDA, gloo on CPU; ``'gloo'``: gloo everywhere. Under
+    torchrun with CUDA, a process uses GPU ``LOCAL_RANK`` (an explicit ``device='cuda:1'`` wins, for one process).
 
     Raises:
         InvalidOptionError: for an unknown launcher, or ``'pytorch'`` without torchrun's environment.
@@ -65,10 +62,9 @@ def init_distributed(launcher: str = "none", device: str | torch.device | None =
         return DistInfo(0, 1, 0, default_device(device))
     missing = [v for v in _TORCHRUN_VARS if v not in os.environ]
     if missing:
-        raise InvalidOptionError(
-            f"--launcher pytorch needs the environment torchrun sets ({', '.join(missing)} missing): run "
-            f"`torchrun --nproc-per-node N {os.path.basename(sys.argv[0])} ... --launcher pytorch`"
-        )
+        raise InvalidOptionError(f"--launcher pytorch needs the environment torchrun sets ({', '.join(missing)} "
+                                 f"missing): run `torchrun --nproc-per-node N {os.path.basename(sys.argv[0])} ... "
+                                 f"--launcher pytorch`")
     rank, world, local = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
     dev = default_device(device)
     if dev.type == "cuda":
@@ -119,9 +115,8 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
 
 def rank0_first(build: Callable[[], T], what: str) -> T:
     """``build()`` on rank 0, then on the other ranks: only one process downloads a checkpoint, the others read the
-    cache it filled. A failure on rank 0 is told to the others, which raise
-    :class:`~cspnet.errors.CheckpointError` ("rank 0 could not load ``what``: ...") instead of waiting for it.
-    """
+    cache it filled. A failure on rank 0 is told to the others, which raise :class:`~cspnet.errors.CheckpointError`
+    ("rank 0 could not load ``what``: ...") instead of waiting for it."""
     if get_rank() == 0:
         try:
             result = build()
@@ -137,10 +132,8 @@ def rank0_first(build: Callable[[], T], what: str) -> T:
 
 
 class RankFilter(logging.Filter):
-    """Pass every record on rank 0; on other ranks only warnings and errors, prefixed with the rank.
-
-    A filter on the handler, rather than a patched ``print``, keeps other libraries' output and tracebacks intact.
-    """
+    """Pass every record on rank 0; on other ranks only warnings and errors, prefixed with the rank. A filter on the
+    handler, rather than a patched ``print``, keeps other libraries' output and tracebacks intact."""
 
     def __init__(self, rank: int):
         super().__init__()
@@ -157,11 +150,10 @@ class RankFilter(logging.Filter):
         return True
 
 
-def setup_logging(rank: int | None = None, level: int | str = logging.INFO, log_file: str | os.PathLike | None = None) -> None:
-    """Log the ``cspnet`` logger to stderr (and ``log_file`` on rank 0), filtered by :class:`RankFilter`.
-
-    Replaces handlers installed by an earlier call, so calling it again (e.g. in tests) does not duplicate lines.
-    """
+def setup_logging(rank: int | None = None, level: int | str = logging.INFO,
+                  log_file: str | os.PathLike | None = None) -> None:
+    """Log the ``cspnet`` logger to stderr (and ``log_file`` on rank 0), filtered by :class:`RankFilter`. Replaces
+    handlers installed by an earlier call, so calling it again (e.g. in tests) does not duplicate lines."""
     rank = get_rank() if rank is None else rank
     logger = logging.getLogger("cspnet")
     for h in list(logger.handlers):

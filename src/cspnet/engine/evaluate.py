@@ -34,14 +34,10 @@ from .distributed import DistInfo, all_gather_object, get_rank, get_world_size, 
 log = logging.getLogger("cspnet")
 
 
-def forward_batch(
-    model: torch.nn.Module, images: torch.Tensor, transform: EvalTransform, tta: bool = False, amp: bool = False
-) -> torch.Tensor:
-    """uint8 images ``(N, 3, H, W)`` on the model's device -> softmax scores ``(N, num_classes)`` float32.
-
-    ``tta``: average the softmax of the image and its horizontal mirror (mmpretrain's ``--tta``).
-    ``amp``: run the network under bfloat16 autocast.
-    """
+def forward_batch(model: torch.nn.Module, images: torch.Tensor, transform: EvalTransform, tta: bool = False,
+                  amp: bool = False) -> torch.Tensor:
+    """uint8 images ``(N, 3, H, W)`` on the model's device -> softmax scores ``(N, num_classes)`` float32. ``tta``:
+    average the softmax of the image and its horizontal mirror (mmpretrain's ``--tta``); ``amp``: bfloat16 autocast."""
     x = transform.normalize(images)
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
         scores = model(x).float().softmax(dim=1)
@@ -82,25 +78,13 @@ def _check_labels(dataset: Any, num_classes: int | None) -> None:
 
 
 @torch.inference_mode()
-def evaluate(
-    model: torch.nn.Module,
-    loader: DataLoader,
-    transform: EvalTransform,
-    *,
-    device: str | torch.device | None = None,
-    topk: Iterable[int] = (1, 5),
-    prefix: str = "accuracy",
-    tta: bool = False,
-    amp: bool = False,
-    skip_bad: bool = False,
-    keep_predictions: bool = False,
-    progress: bool = True,
-    optimize: bool = True,
-    compile: bool = False,
-    cuda_graph: bool = False,
-    decode: Callable[[Any], torch.Tensor] | None = None,
-) -> EvalResult:
-    """Top-k accuracy of ``model`` over every sample of ``loader``'s dataset, across all processes.
+def evaluate(model: torch.nn.Module, loader: DataLoader, transform: EvalTransform, *,
+             device: str | torch.device | None = None, topk: Iterable[int] = (1, 5), prefix: str = "accuracy",
+             tta: bool = False, amp: bool = False, skip_bad: bool = False, keep_predictions: bool = False,
+             progress: bool = True, optimize: bool = True, compile: bool = False, cuda_graph: bool = False,
+             decode: Callable[[Any], torch.Tensor] | None = None) -> EvalResult:
+    """Top-k accuracy of ``model`` over every sample of ``loader``'s dataset, across all processes (every rank returns
+    the same result).
 
     Args:
         model: ``(N, 3, H, W)`` normalised float -> logits ``(N, C)``; put in eval mode here.
@@ -113,10 +97,8 @@ def evaluate(
         progress: a progress bar (images/s) on rank 0.
         optimize, compile, cuda_graph: the fast path (:func:`cspnet.optimize.optimize_for_inference`): BatchNorm
             folded and channels_last by default (same results up to float rounding), bf16 weights with ``amp``.
-        decode: turns a loader batch into uint8 ``(N, 3, H, W)`` on the device
-            (:func:`cspnet.data.loader.input_path`'s ``on_device``: Pillow's resize on the device, or nvJPEG); default: the batch is already that, moved to the device.
-
-    Every rank returns the same result.
+        decode: turns a loader batch into uint8 ``(N, 3, H, W)`` on the device (:func:`cspnet.data.loader.input_path`'s
+            ``on_device``: Pillow's resize on the device, or nvJPEG); default: the batch is that, moved to the device.
 
     Raises:
         ImageError: for an unreadable image, without ``skip_bad`` (in a multi-process run: after the pass, on
@@ -132,14 +114,12 @@ def evaluate(
     if optimize or compile or cuda_graph:
         model = optimize_for_inference(model, fuse=optimize, channels_last=None if optimize else False,
                                        dtype=torch.bfloat16 if amp else None, compile=compile, cuda_graph=cuda_graph)
-    rank, world = get_rank(), get_world_size()
-    num_classes: int | None = None
-    ks = sorted(set(topk))
+    world, num_classes, ks = get_world_size(), None, sorted(set(topk))
     parts: dict[str, list] = {"index": [], "label": [], "top_idx": [], "top_score": [], "label_pos": []}
     bad: list[tuple[int, str]] = []
     start = time.perf_counter()
-    bar = tqdm(total=len(loader.sampler), unit="img", desc="test", disable=not progress or rank != 0,  # type: ignore[arg-type]
-               dynamic_ncols=True, mininterval=1.0, leave=False)
+    bar = tqdm(total=len(loader.sampler), unit="img", desc="test",  # type: ignore[arg-type]
+               disable=not progress or get_rank() != 0, dynamic_ncols=True, mininterval=1.0, leave=False)
     for indices, images, labels, batch_bad in loader:
         if batch_bad:
             if not skip_bad and world == 1:
@@ -149,21 +129,17 @@ def evaluate(
             batch = decode(images) if decode is not None else images.to(dev, non_blocking=True)
             scores = forward_batch(model, batch, transform, tta=tta, amp=amp)
             num_classes = scores.shape[1]
-            k = min(max(ks), num_classes)
-            top_score, top_idx = scores.topk(k, dim=1)
+            top_score, top_idx = scores.topk(min(max(ks), num_classes), dim=1)
             label_pos = scores.gather(1, labels.to(dev, non_blocking=True)[:, None])[:, 0] > 0
             # Kept on the device until the end: a copy to the CPU per batch would make the loop wait for the GPU
             # every step, so loading and decoding the next batch could not overlap the model's work.
-            for key, t in (("index", indices), ("label", labels), ("top_idx", top_idx), ("top_score", top_score),
-                           ("label_pos", label_pos)):
+            for key, t in zip(parts, (indices, labels, top_idx, top_score, label_pos)):
                 parts[key].append(t)
         bar.update(len(indices) + len(batch_bad))
     bar.close()
     local = {key: torch.cat(v).cpu().numpy() if v else None for key, v in parts.items()}
-    local["bad"], local["num_classes"] = bad, num_classes
-    gathered = all_gather_object(local)
+    gathered = all_gather_object({**local, "bad": bad, "num_classes": num_classes})
     seconds = time.perf_counter() - start
-
     all_bad = sorted(b for g in gathered for b in g["bad"])
     skipped = [(_sample_path(dataset, i), msg) for i, msg in all_bad]
     if all_bad and not skip_bad:
@@ -171,31 +147,22 @@ def evaluate(
     got = [g for g in gathered if g["index"] is not None]
     if not got:
         raise DatasetError(f"no image of the {len(dataset)} could be read")  # type: ignore[arg-type]
-    merged = {key: np.concatenate([g[key] for g in got]) for key in parts}
-    order = np.argsort(merged["index"], kind="stable")
-    merged = {key: v[order] for key, v in merged.items()}
+    order = np.argsort(np.concatenate([g["index"] for g in got]), kind="stable")
+    merged = {key: np.concatenate([g[key] for g in got])[order] for key in parts}
     # Each sample exactly once: the unpadded sampler guarantees it; this checks it.
     expected = len(dataset) - len(all_bad)  # type: ignore[arg-type]
     unique = np.unique(merged["index"])
     assert len(unique) == len(merged["index"]) == expected, (
-        f"evaluated {len(merged['index'])} samples ({len(unique)} distinct) of {expected}"
-    )
-
+        f"evaluated {len(merged['index'])} samples ({len(unique)} distinct) of {expected}")
     num_classes = max(g["num_classes"] for g in got)
     hits = merged["top_idx"] == merged["label"][:, None]  # (N, k): where the label sits in the top k
-    metrics = {}
-    for k in ks:
-        if k <= num_classes:
-            correct = hits[:, :k].any(axis=1) & merged["label_pos"]
-            metrics[f"{prefix}/top{k}"] = 100.0 * float(correct.sum()) / len(correct)
-
-    predictions = None
-    if keep_predictions:
-        predictions = [
-            {"path": _sample_path(dataset, int(i)), "label": int(y), "pred_label": int(idx[0]),
-             "pred_score": float(s[0]), "top5": [int(c) for c in idx[:5]]}
-            for i, y, idx, s in zip(merged["index"], merged["label"], merged["top_idx"], merged["top_score"])
-        ]
+    correct = {k: hits[:, :k].any(axis=1) & merged["label_pos"] for k in ks if k <= num_classes}
+    metrics = {f"{prefix}/top{k}": 100.0 * float(c.sum()) / len(c) for k, c in correct.items()}
+    predictions = [
+        {"path": _sample_path(dataset, int(i)), "label": int(y), "pred_label": int(idx[0]),
+         "pred_score": float(s[0]), "top5": [int(c) for c in idx[:5]]}
+        for i, y, idx, s in zip(merged["index"], merged["label"], merged["top_idx"], merged["top_score"])
+    ] if keep_predictions else None
     return EvalResult(metrics, len(merged["index"]), len(dataset), skipped, predictions, seconds)  # type: ignore[arg-type]
 
 
@@ -256,10 +223,9 @@ def run_test(spec: EvalSpec, checkpoint: weights.Pretrained, dist: DistInfo, *, 
                         "the checkpoint").to(dist.device)
     batch = batch_size or spec.loader.batch_size
     loader = build_eval_loader(dataset, batch, spec.loader.num_workers if num_workers is None else num_workers,
-                               dist.rank, dist.world_size, pin_memory=dist.device.type == "cuda"
-                               if spec.loader.pin_memory is None else spec.loader.pin_memory,
-                               persistent_workers=spec.loader.persistent_workers,
-                               prefetch_factor=spec.loader.prefetch_factor)
+                               dist.rank, dist.world_size, persistent_workers=spec.loader.persistent_workers,
+                               pin_memory=dist.device.type == "cuda" if spec.loader.pin_memory is None
+                               else spec.loader.pin_memory, prefetch_factor=spec.loader.prefetch_factor)
     tta, amp, transform = tta or spec.tta, amp or spec.fp16, EvalTransform(spec.model.eval)
     if dist.is_main:
         say(f"model: {spec.model.arch} ({spec.source.file}), checkpoint: {checkpoint}")
@@ -267,10 +233,9 @@ def run_test(spec: EvalSpec, checkpoint: weights.Pretrained, dist: DistInfo, *, 
         say(f"eval:  {spec.model.eval.describe()}; {'bf16 autocast' if amp else 'fp32'}; "
             f"{'flip TTA' if tta else 'no TTA'}; {dist.world_size} process(es) x batch {batch} on {dist.device.type}; "
             f"{inp.describe}")
-    result = evaluate(model, loader, transform, device=dist.device, topk=spec.metrics.topk,
-                      prefix=spec.metrics.prefix, tta=tta, amp=amp, skip_bad=skip_bad,
-                      keep_predictions=output is not None, optimize=optimize, compile=compile, cuda_graph=cuda_graph,
-                      decode=inp.on_device)
+    result = evaluate(model, loader, transform, device=dist.device, topk=spec.metrics.topk, prefix=spec.metrics.prefix,
+                      tta=tta, amp=amp, skip_bad=skip_bad, keep_predictions=output is not None, optimize=optimize,
+                      compile=compile, cuda_graph=cuda_graph, decode=inp.on_device)
     preset = spec.model.eval
     summary = {
         "config": spec.source.file, "checkpoint": str(checkpoint), "model": spec.model.arch,
@@ -279,13 +244,11 @@ def run_test(spec: EvalSpec, checkpoint: weights.Pretrained, dist: DistInfo, *, 
         "eval": {"resize": preset.resize, "crop": preset.crop, "interpolation": preset.interpolation,
                  "mean": list(preset.mean), "std": list(preset.std), "amp": amp, "tta": tta,
                  "world_size": dist.world_size, "batch_size": batch},
-        "num_samples": result.num_samples,
-        "skipped": [{"path": p, "error": e} for p, e in result.skipped],
+        "num_samples": result.num_samples, "skipped": [{"path": p, "error": e} for p, e in result.skipped],
         "metrics": result.metrics,
     }
     if dist.is_main and work_dir is not None:
-        stamp = time.strftime("%Y%m%d_%H%M%S")
-        _write_json(Path(work_dir) / f"test_{stamp}.json", summary)
+        _write_json(Path(work_dir) / f"test_{time.strftime('%Y%m%d_%H%M%S')}.json", summary)
         spec.source.dump(work_dir)
     if dist.is_main and output is not None:
         _write_json(Path(output), {**summary, "predictions": result.predictions})

@@ -22,12 +22,9 @@ _NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 
 
 def param_groups(model: nn.Module, weight_decay: float, norm_mult: float = 1.0, bias_mult: float = 1.0) -> list[dict]:
-    """Trainable parameters in groups by weight decay (frozen ones are left out).
-
-    mmengine's ``norm_decay_mult`` (BatchNorm/GroupNorm/LayerNorm weights and biases) and ``bias_decay_mult`` (other
-    biases) multiply ``weight_decay``; both 1 (mmpretrain's CSP configs) give one group, whose weight decay also
-    hits BN and biases.
-    """
+    """Trainable parameters (frozen ones are left out) in groups by weight decay: mmengine's ``norm_decay_mult``
+    (BatchNorm/GroupNorm/LayerNorm weights and biases) and ``bias_decay_mult`` (other biases) multiply
+    ``weight_decay``; both 1 (mmpretrain's CSP configs) give one group, whose weight decay also hits BN and biases."""
     groups: dict[float, list[nn.Parameter]] = {}
     for module in model.modules():
         for name, p in module.named_parameters(recurse=False):
@@ -54,9 +51,6 @@ def build_optimizer(model: nn.Module, spec: OptimSpec, lr_scale: float = 1.0) ->
     return optimizer
 
 
-# --------------------------------------------------------------------------------------------------------------
-# Learning-rate schedule
-# --------------------------------------------------------------------------------------------------------------
 class LRSchedule:
     """mmengine's param schedulers as a closed-form function of the global optimizer step.
 
@@ -64,37 +58,24 @@ class LRSchedule:
     keeps its last value after ``end``. Entries apply in order. ``MultiStepLR`` milestones and ``StepLR`` steps count
     from ``begin``, as in mmengine. The closed form equals mmengine's recursive one when ranges do not overlap (the
     usual warmup-then-decay chain); with overlapping ranges each entry multiplies the result of the earlier ones.
-
-    Args:
-        schedule: the entries (``param_scheduler``).
-        iters_per_epoch: optimizer steps per epoch.
+    ``schedule``: the entries (``param_scheduler``); ``iters_per_epoch``: optimizer steps per epoch.
     """
 
     def __init__(self, schedule: Sequence[Scheduler], iters_per_epoch: int):
         self.iters_per_epoch = max(1, int(iters_per_epoch))
         self.entries = list(schedule)
 
-    def _range(self, e: Scheduler) -> tuple[int, int, int]:
-        """``(unit, begin, end)`` in optimizer steps; ``unit`` is the steps per schedule step."""
-        unit = self.iters_per_epoch if e.by_epoch else 1
-        return unit, e.begin * unit, e.end * unit if e.end is not None else _INF
-
-    def _local(self, e: Scheduler, step: int) -> int | None:
-        """Steps since ``begin``, clamped to the range's last step; None before ``begin``."""
-        unit, begin, end = self._range(e)
-        if step < begin:
-            return None
-        k = min(step, end - 1) - begin
-        return k if e.per_iter else k - k % unit  # epoch-based: the value changes only at epoch boundaries
-
     def lr(self, step: int, base_lr: float) -> float:
         """The learning rate at optimizer step ``step`` (0-based) for a group whose configured lr is ``base_lr``."""
         lr = base_lr
         for e in self.entries:
-            k = self._local(e, step)
-            if k is None:
+            unit = self.iters_per_epoch if e.by_epoch else 1  # optimizer steps per schedule step
+            begin, end = e.begin * unit, e.end * unit if e.end is not None else _INF
+            if step < begin:
                 continue
-            unit, begin, end = self._range(e)
+            k = min(step, end - 1) - begin  # steps since begin, clamped to the range's last step
+            if not e.per_iter:
+                k -= k % unit  # epoch-based: the value changes only at epoch boundaries
             if e.kind in ("LinearLR", "ConstantLR"):
                 total = end - begin - (1 if e.per_iter else unit)
                 if e.kind == "ConstantLR":  # mmengine: factor until the last step of the range, then 1
@@ -117,9 +98,6 @@ class LRSchedule:
         return optimizer.param_groups[0]["lr"]
 
 
-# --------------------------------------------------------------------------------------------------------------
-# EMA of the weights
-# --------------------------------------------------------------------------------------------------------------
 class ModelEma:
     """mmengine's ``ExponentialMovingAverage``: ``ema = (1 - momentum) * ema + momentum * weights`` every
     ``interval`` updates, from optimizer step ``begin_iter`` and epoch ``begin_epoch`` on (a plain copy before). BN
@@ -134,8 +112,7 @@ class ModelEma:
         params = {name for name, _ in self.module.named_parameters()}
         state = self.module.state_dict()
         self.averaged = [k for k, v in state.items() if v.is_floating_point() and (update_buffers or k in params)]
-        averaged = set(self.averaged)
-        self.copied = [k for k in state if k not in averaged]  # the rest: taken from the model as it is
+        self.copied = [k for k in state if k not in self.averaged]  # the rest: taken from the model as it is
 
     @torch.no_grad()
     def update(self, model: nn.Module, step: int, epoch: int) -> None:

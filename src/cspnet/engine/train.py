@@ -1,10 +1,8 @@
-"""Training and fine-tuning from a :class:`~cspnet.config.TrainSpec`, in a plain PyTorch loop (one process, or DDP
-under torchrun).
-
-The loop: :func:`fit` builds everything from the spec (:func:`setup_run`), then alternates :func:`train_one_epoch`
-and :func:`validate`, writing a checkpoint after each epoch (:mod:`cspnet.engine.checkpoint`). Resuming is exact:
-the data order comes from a sampler seeded by ``(seed, epoch)``, each image's augmentation from a generator seeded
-by ``(seed, epoch, index)``, the learning rate is a function of the global step, and the checkpoint holds every RNG
+"""Training and fine-tuning from a :class:`~cspnet.config.TrainSpec` in a plain PyTorch loop (one process, or DDP
+under torchrun): :func:`fit` builds the run (:func:`setup_run`), then alternates :func:`train_one_epoch` and
+:func:`validate`, writing a checkpoint after each epoch (:mod:`cspnet.engine.checkpoint`). Resuming is exact: the
+data order comes from a sampler seeded by ``(seed, epoch)``, each image's augmentation from a generator seeded by
+``(seed, epoch, index)``, the learning rate is a function of the global step, and the checkpoint holds every RNG
 state; a run interrupted mid-epoch continues at the next batch.
 
 Faults: a non-finite loss stops the run before the optimizer step (the last checkpoint stays the last good one);
@@ -19,18 +17,22 @@ import json
 import logging
 import math
 import os
+import random
 import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
 from .. import weights
+from .._io import atomic_path, atomic_write
 from .._version import __version__
 from ..config import TrainSpec
 from ..data.loader import build_eval_loader, worker_count
@@ -42,14 +44,12 @@ from ..spec import ModelSpec
 from . import checkpoint as ckpt_lib
 from .distributed import (DistInfo, all_gather_object, broadcast_object, destroy_distributed, init_distributed,
                           is_distributed, rank0_first, setup_logging)
+from .evaluate import evaluate
 from .optim import LRSchedule, ModelEma, build_optimizer
 
 log = logging.getLogger("cspnet")
 
 
-# --------------------------------------------------------------------------------------------------------------
-# Stop requests (SIGTERM / Ctrl-C)
-# --------------------------------------------------------------------------------------------------------------
 class StopRequest:
     """Turns SIGTERM/SIGINT into a flag that the loop reads at step boundaries; a second signal exits at once."""
 
@@ -58,8 +58,6 @@ class StopRequest:
         self._old: dict[int, Any] = {}
 
     def __enter__(self) -> "StopRequest":
-        import threading
-
         if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread only
             for sig in (signal.SIGTERM, signal.SIGINT):
                 self._old[sig] = signal.signal(sig, self._handle)
@@ -85,9 +83,6 @@ class Interrupted(Exception):
         self.exit_code, self.path = 128 + signum, path
 
 
-# --------------------------------------------------------------------------------------------------------------
-# One run's state and the loop
-# --------------------------------------------------------------------------------------------------------------
 @dataclass
 class TrainRun:
     """Everything the loop touches. ``model`` is the plain module (what is saved); ``net`` is what is called in
@@ -174,11 +169,9 @@ def _loss(run: TrainRun, logits: torch.Tensor, labels: torch.Tensor) -> torch.Te
 
 
 def train_one_epoch(run: TrainRun, epoch: int, start_iter: int = 0) -> bool:
-    """Train ``epoch`` (0-based) from micro-batch ``start_iter``.
-
-    Returns whether a stop was requested (on any rank) during the epoch's last step. Raises :class:`Interrupted`
-    after writing ``iter_<step>.pth`` on a stop request mid-epoch, and :class:`TrainingError` on a non-finite loss.
-    """
+    """Train ``epoch`` (0-based) from micro-batch ``start_iter``; returns whether a stop was requested (on any rank)
+    during the epoch's last step. Raises :class:`Interrupted` after writing ``iter_<step>.pth`` on a stop request
+    mid-epoch, and :class:`TrainingError` on a non-finite loss."""
     device, accumulate, topk = run.dist.device, run.spec.optim.accumulate, run.spec.loss.topk
     run.sampler.set_epoch(epoch, skip=start_iter * run.train_loader.batch_size)
     iters = start_iter + len(run.train_loader)
@@ -193,19 +186,17 @@ def train_one_epoch(run: TrainRun, epoch: int, start_iter: int = 0) -> bool:
         if run.spec.runtime.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         labels = labels.to(device, non_blocking=True)
-        sync = last or run.dist.world_size == 1
-        with (contextlib.nullcontext() if sync else run.net.no_sync()):
+        with (contextlib.nullcontext() if last or run.dist.world_size == 1 else run.net.no_sync()):
             with torch.autocast(device.type, dtype=run.amp or torch.float32, enabled=run.amp is not None):
                 logits = run.net(x)
             loss = _loss(run, logits, labels)
             run.scaler.scale(loss / accumulate).backward()
         loss_value, stop = _sync_flags(run, loss, bool(run.stop.signum))
         if not math.isfinite(loss_value):
-            raise TrainingError(
-                f"the loss is {loss_value} at epoch {epoch + 1}, iteration {i + 1} (step {run.step}); stopped before "
-                f"the optimizer step, the last checkpoint in {str(run.work_dir)!r} is untouched. Lower the "
-                f"learning rate, add optim_wrapper.clip_grad=dict(max_norm=...), or check the data"
-            )
+            raise TrainingError(f"the loss is {loss_value} at epoch {epoch + 1}, iteration {i + 1} (step {run.step}); "
+                                f"stopped before the optimizer step, the last checkpoint in {str(run.work_dir)!r} is "
+                                f"untouched. Lower the learning rate, add optim_wrapper.clip_grad=dict(max_norm=...), "
+                                f"or check the data")
         if last:
             _optimizer_step(run)
             if run.ema is not None:
@@ -229,11 +220,10 @@ def train_one_epoch(run: TrainRun, epoch: int, start_iter: int = 0) -> bool:
 
 
 def _optimizer_step(run: TrainRun) -> None:
-    clip = run.spec.optim.clip
-    if clip:
+    if run.spec.optim.clip:
         run.scaler.unscale_(run.optimizer)
         params = [p for g in run.optimizer.param_groups for p in g["params"]]
-        kind, limit, norm_type = clip
+        kind, limit, norm_type = run.spec.optim.clip
         if kind == "value":
             torch.nn.utils.clip_grad_value_(params, limit)
         else:
@@ -255,16 +245,12 @@ def validate(run: TrainRun, epoch: int) -> dict:
     """Exact top-k of the model (and of its EMA) on the val set (``val_evaluator.topk``, top-1 always: it selects
     ``best.pth``); logged and returned as a dict. The model's buffers must be the same on every rank (the loop
     broadcasts them first); the EMA's are made so here."""
-    from .evaluate import evaluate
-
     ema, record = run.spec.ema, {"mode": "val", "epoch": epoch + 1, "step": run.step}
-    todo = []
-    if run.ema is None or ema.evaluate_on_origin:
-        todo.append(("", run.model))
-    if run.ema is not None and ema.evaluate_on_ema:
-        todo.append(("ema_", run.ema.module))
+    todo = [("", run.model)] if run.ema is None or ema.evaluate_on_origin else []
     if run.ema is not None:
         _sync_buffers(run.ema.module)
+        if ema.evaluate_on_ema:
+            todo.append(("ema_", run.ema.module))
     topk = sorted({1, *run.spec.val_metrics.topk})
     for prefix, module in todo:
         res = evaluate(module, run.val_loader, run.eval_transform, device=run.dist.device, topk=topk, prefix="val",
@@ -276,9 +262,6 @@ def validate(run: TrainRun, epoch: int) -> dict:
     return record
 
 
-# --------------------------------------------------------------------------------------------------------------
-# Checkpoints
-# --------------------------------------------------------------------------------------------------------------
 def _state(run: TrainRun, epoch: int, iteration: int, rngs: list) -> dict:
     keep = run.spec.checkpoints.optimizer  # save_optimizer=False: weights and position only; not resumable
     return {
@@ -329,12 +312,10 @@ def _resume(run: TrainRun, checkpoint: dict, path: Path) -> tuple[int, int]:
                               f"config's optimizer / frozen stages ({e})") from None
     if checkpoint.get("scaler") and run.scaler.is_enabled():
         run.scaler.load_state_dict(checkpoint["scaler"])
-    if run.ema is not None:
-        if checkpoint.get("ema") is not None:
-            run.ema.module.load_state_dict(checkpoint["ema"])
-            run.ema.steps = int(checkpoint.get("ema_steps", 0))
-        else:
-            run.ema.module.load_state_dict(checkpoint["model"])
+    if run.ema is not None:  # a checkpoint without EMA weights restarts the EMA from the model
+        ema = checkpoint.get("ema")
+        run.ema.module.load_state_dict(checkpoint["model"] if ema is None else ema)
+        run.ema.steps = int(checkpoint.get("ema_steps", 0)) if ema is not None else 0
     run.step, run.best = int(checkpoint["step"]), dict(checkpoint.get("best") or run.best)
     rngs = checkpoint["rng"]
     ckpt_lib.set_rng_state(rngs[run.dist.rank] if run.dist.rank < len(rngs) else rngs[0])
@@ -351,19 +332,10 @@ def _truncate_log(work_dir: Path, step: int) -> None:
     lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
     keep = [ln for ln in lines if json.loads(ln).get("step", 0) <= step]
     if len(keep) != len(lines):
-        from .._io import atomic_write
-
         atomic_write(path, lambda tmp: tmp.write_text("".join(ln + "\n" for ln in keep), encoding="utf-8"))
 
 
-# --------------------------------------------------------------------------------------------------------------
-# Building a run, and the whole fit
-# --------------------------------------------------------------------------------------------------------------
 def _seed_everything(seed: int, rank: int, spec: TrainSpec) -> None:
-    import random
-
-    import numpy as np
-
     runtime = spec.runtime
     seed = seed + rank if runtime.diff_rank_seed else seed
     random.seed(seed)
@@ -393,27 +365,22 @@ def _build_model(spec: TrainSpec, dist: DistInfo, load_from: bool | str | None, 
     return model
 
 
-def _loader_kwargs(spec: TrainSpec, dist: DistInfo, workers: int) -> dict[str, Any]:
-    loader = spec.train_loader
-    return dict(num_workers=workers, pin_memory=dist.device.type == "cuda" if loader.pin_memory is None
-                else loader.pin_memory, persistent_workers=loader.persistent_workers and workers > 0,
-                prefetch_factor=loader.prefetch_factor if workers > 0 else None,
-                multiprocessing_context=spec.runtime.mp_start_method if workers > 0 else None)
-
-
 def _build_data(spec: TrainSpec, dist: DistInfo, seed: int, num_classes: int):
     loader = spec.train_loader
     train_set = spec.train.build()
     if len(train_set.classes) != num_classes:
-        raise ConfigError(
-            f"the training set has {len(train_set.classes)} classes ({train_set.source}) but model.head.num_classes="
-            f"{num_classes}: set --cfg-options model.head.num_classes={len(train_set.classes)}"
-        )
+        raise ConfigError(f"the training set has {len(train_set.classes)} classes ({train_set.source}) but "
+                          f"model.head.num_classes={num_classes}: set --cfg-options "
+                          f"model.head.num_classes={len(train_set.classes)}")
     sampler = TrainSampler(len(train_set), seed if loader.seed is None else loader.seed, dist.rank, dist.world_size,
                            shuffle=loader.shuffle)
-    train_loader = DataLoader(TrainSet(train_set.samples, TrainTransform(spec.augment), seed),
-                              batch_size=loader.batch_size, sampler=sampler, drop_last=loader.drop_last,
-                              **_loader_kwargs(spec, dist, worker_count(loader.num_workers)))
+    data = TrainSet(train_set.samples, TrainTransform(spec.augment), seed)
+    workers = worker_count(loader.num_workers)
+    train_loader = DataLoader(data, batch_size=loader.batch_size, sampler=sampler, drop_last=loader.drop_last,
+                              num_workers=workers, persistent_workers=loader.persistent_workers and workers > 0,
+                              pin_memory=dist.device.type == "cuda" if loader.pin_memory is None else loader.pin_memory,
+                              prefetch_factor=loader.prefetch_factor if workers > 0 else None,
+                              multiprocessing_context=spec.runtime.mp_start_method if workers > 0 else None)
     if len(train_loader) == 0:
         raise ConfigError(f"train_dataloader: {len(train_set)} images give no batch of {loader.batch_size} per "
                           f"process with drop_last=True; lower batch_size")
@@ -466,7 +433,7 @@ def setup_run(spec: TrainSpec, work_dir: Path, dist: DistInfo, resume_from: Path
     net: nn.Module = model
     if dist.world_size > 1:
         if spec.runtime.sync_bn and dist.device.type == "cuda":
-            net = model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         elif spec.runtime.sync_bn:
             log.warning("sync_bn: SyncBatchNorm needs CUDA; keeping per-process BatchNorm on %s", dist.device)
         net = nn.parallel.DistributedDataParallel(
@@ -481,8 +448,8 @@ def setup_run(spec: TrainSpec, work_dir: Path, dist: DistInfo, resume_from: Path
 
 def fit(spec: TrainSpec, work_dir: str | os.PathLike | None = None, resume_from: str | os.PathLike | None = None,
         **where) -> dict:
-    """Train ``spec`` into ``work_dir`` (default: the spec's, else ``work_dirs/<config name>``); returns a summary.
-    ``where``: where ``load_from`` weights come from (see :func:`cspnet.weights.sources.resolve`).
+    """Train ``spec`` into ``work_dir`` (default: the spec's, else ``work_dirs/<config name>``). ``where``: where
+    ``load_from`` weights come from (see :func:`cspnet.weights.sources.resolve`).
 
     Returns ``{'best_top1', 'best_epoch', 'best_metric' ('top1' or 'ema_top1'), 'last': the last val record,
     'epochs', 'work_dir', 'checkpoint'}``.
@@ -553,15 +520,13 @@ def _fit_loop(run: TrainRun, epoch: int, start_iter: int) -> dict:
     if run.dist.is_main:
         plot_curves(run.work_dir / "log.jsonl", run.work_dir / "curves.png")
     return {"best_top1": run.best["top1"], "best_epoch": run.best["epoch"], "best_metric": run.best.get("metric"),
-            "last": last, "epochs": spec.max_epochs,
-            "work_dir": str(run.work_dir), "checkpoint": str(ckpt_lib.find_latest(run.work_dir))}
+            "last": last, "epochs": spec.max_epochs, "work_dir": str(run.work_dir),
+            "checkpoint": str(ckpt_lib.find_latest(run.work_dir))}
 
 
 def plot_curves(log_path: str | os.PathLike, png_path: str | os.PathLike) -> Path | None:
-    """Plot training loss per step and validation top-1 per epoch from ``log.jsonl`` into a PNG.
-
-    Returns the PNG path, or None (with a log line) when matplotlib is not installed (``pip install cspnet[plot]``).
-    """
+    """Plot training loss per step and validation top-1 per epoch from ``log.jsonl`` into a PNG; returns its path, or
+    None (with a log line) when matplotlib is not installed (``pip install cspnet[plot]``)."""
     try:
         import matplotlib
 
@@ -570,8 +535,6 @@ def plot_curves(log_path: str | os.PathLike, png_path: str | os.PathLike) -> Pat
     except ImportError:
         log.info("matplotlib is not installed: no %s (pip install 'cspnet[plot]')", png_path)
         return None
-    from .._io import atomic_path
-
     rows = [json.loads(ln) for ln in Path(log_path).read_text(encoding="utf-8").splitlines() if ln.strip()]
     train = [r for r in rows if r.get("mode") == "train"]
     val = [r for r in rows if r.get("mode") == "val"]

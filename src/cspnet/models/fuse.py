@@ -1,10 +1,9 @@
 """BatchNorm folding for inference: ``fuse_bn(model)`` returns a copy whose convolutions absorb their BatchNorm.
 
-In eval mode a BatchNorm is the affine map ``y = (x - mean) / sqrt(var + eps) * gamma + beta``, so
-``bn(conv(x, W))`` equals ``conv(x, W * s) + (beta - mean * s)`` with ``s = gamma / sqrt(var + eps)`` per output
-channel. Folding removes one full read and write of every activation map; the logits change by float rounding only
-(about 1e-6 relative). LeakyReLU stays as it is. The folded model is for inference only: it has no BatchNorm left
-to train, so ``train()`` refuses.
+In eval mode a BatchNorm is the affine map ``y = (x - mean) / sqrt(var + eps) * gamma + beta``, so ``bn(conv(x, W))``
+equals ``conv(x, W * s) + (beta - mean * s)`` with ``s = gamma / sqrt(var + eps)`` per output channel. Folding removes
+one full read and write of every activation map; the logits change by float rounding only (about 1e-6 relative).
+LeakyReLU stays as it is. With no BatchNorm left to train, a folded model is for inference only.
 
 On CPU, under ``torch.no_grad``/``inference_mode``, a folded conv runs as one oneDNN primitive with its bias and
 LeakyReLU (and, in a bottleneck, the residual add) fused in (``torch.ops.mkldnn._convolution_pointwise``, the op
@@ -23,10 +22,8 @@ from torch import nn
 from ..errors import InvalidOptionError
 from .cspnet import LEAKY_SLOPE, BottleneckBlock, ConvNormAct, DarkBlock
 
-_TRAIN_REFUSED = (
-    "this model has its BatchNorm folded into the convolutions (cspnet.fuse_bn / optimize_for_inference): it is "
-    "for inference only. Train the original, unfused model and fold it again afterwards."
-)
+_TRAIN_REFUSED = ("this model has its BatchNorm folded into the convolutions (cspnet.fuse_bn / optimize_for_inference):"
+                  " it is for inference only. Train the original, unfused model and fold it again afterwards.")
 
 
 @functools.lru_cache(maxsize=None)
@@ -56,10 +53,8 @@ def _compiling() -> bool:
 
 class FusedConvAct(nn.Module):
     """A :class:`~cspnet.models.cspnet.ConvNormAct` with its BatchNorm folded: conv (with bias) -> act.
-
     ``forward(x, residual=None)``: ``(N, C_in, H, W) -> (N, C_out, H', W')``; with ``residual`` (same shape as the
-    output) it returns ``act(conv(x) + residual)``, the bottleneck's add-then-activate. Inference only.
-    """
+    output) it returns ``act(conv(x) + residual)``, the bottleneck's add-then-activate. Inference only."""
 
     def __init__(self, conv: nn.Conv2d, act: bool):
         super().__init__()
@@ -80,17 +75,11 @@ class FusedConvAct(nn.Module):
 
     def _mkldnn(self, x: torch.Tensor) -> bool:
         # Only where the plain path would give the same numbers: CPU, no autograd (the op has no backward), no
-        # autocast (it would change the dtype the plain conv runs in) and input and weight of one float dtype.
-        w = self.conv.weight
-        return (
-            not _compiling()  # under torch.compile, inductor picks (and fuses) the kernels itself
-            and x.device.type == "cpu"
-            and not torch.is_grad_enabled()
-            and x.dtype == w.dtype
-            and x.dtype in (torch.float32, torch.bfloat16)
-            and not torch.is_autocast_enabled("cpu")
-            and _mkldnn_fused_ok()
-        )
+        # autocast (it would change the dtype the plain conv runs in), input and weight of one float dtype; and not
+        # under torch.compile, where inductor picks (and fuses) the kernels itself.
+        return (not _compiling() and x.device.type == "cpu" and not torch.is_grad_enabled()
+                and x.dtype == self.conv.weight.dtype and x.dtype in (torch.float32, torch.bfloat16)
+                and not torch.is_autocast_enabled("cpu") and _mkldnn_fused_ok())
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         c, act = self.conv, isinstance(self.act, nn.LeakyReLU)
@@ -147,15 +136,12 @@ def _fold(module: nn.Module) -> None:
 
 
 def fuse_bn(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` (an ``ImageClassifier``, a ``CSPNet`` backbone or any module built of cspnet blocks)
-    with every BatchNorm folded into the convolution before it, in eval mode. ``model`` is not changed.
-
-    The copy computes the same function as ``model.eval()`` up to float rounding, has the same attributes and
-    methods (``forward``, ``extract_feat``, ``forward_features``, ...), and is for inference only: no parameter
-    requires grad (gradients with respect to the input still flow, e.g. for Grad-CAM) and ``copy.train()`` raises
-    :class:`~cspnet.errors.InvalidOptionError`.
-    Drop-path, an identity in eval mode, is dropped.
-    """
+    """A copy of ``model`` (an ``ImageClassifier``, a ``CSPNet`` backbone or any module built of cspnet blocks) with
+    every BatchNorm folded into the convolution before it, in eval mode. ``model`` is not changed. The copy computes the
+    same function as ``model.eval()`` up to float rounding, has the same attributes and methods (``forward``,
+    ``extract_feat``, ``forward_features``, ...), and is for inference only: no parameter requires grad (gradients with
+    respect to the input still flow, e.g. for Grad-CAM) and ``copy.train()`` raises
+    :class:`~cspnet.errors.InvalidOptionError`. Drop-path, an identity in eval mode, is dropped."""
     if not any(isinstance(m, ConvNormAct) for m in model.modules()):
         raise InvalidOptionError(f"fuse_bn: {type(model).__name__} has no cspnet conv/BatchNorm layers to fold")
     fused = copy.deepcopy(model).eval()

@@ -81,33 +81,22 @@ def detect_layout(state_dict: Mapping[str, torch.Tensor]) -> str:
     if any(k.startswith("stages.") and ".conv_exp." in k for k in keys):
         return "timm"
     sample = ", ".join(keys[:3]) or "no keys"
-    raise CheckpointError(
-        f"not a CSPNet state dict in any known layout (cspnet, timm, mmpretrain); its first keys are: {sample}"
-    )
+    raise CheckpointError(f"not a CSPNet state dict in any known layout (cspnet, timm, mmpretrain); its first keys "
+                          f"are: {sample}")
 
 
 def _head_shapes(sd: Mapping[str, torch.Tensor], num_features: int) -> dict[str, tuple[int, ...]]:
     w = sd.get("head.fc.weight")
-    if w is None:
-        return {}
-    n = w.shape[0]
-    return {"head.fc.weight": (n, num_features), "head.fc.bias": (n,)}
+    return {} if w is None else {"head.fc.weight": (w.shape[0], num_features), "head.fc.bias": (w.shape[0],)}
 
 
-def _mismatch_report(missing, unexpected, bad_shapes, limit: int = 12) -> str:
-    def show(items):
-        items = list(items)
+def _mismatch_report(missing: list, unexpected: list, bad_shapes: list, limit: int = 12) -> str:
+    def show(what: str, items: list) -> str:
         more = f" ... and {len(items) - limit} more" if len(items) > limit else ""
-        return ", ".join(items[:limit]) + more
+        return f"{what} {len(items)}: {', '.join(items[:limit])}{more}"
 
-    lines = []
-    if missing:
-        lines.append(f"missing {len(missing)}: {show(missing)}")
-    if unexpected:
-        lines.append(f"unexpected {len(unexpected)}: {show(unexpected)}")
-    if bad_shapes:
-        lines.append(f"wrong shape {len(bad_shapes)}: {show(bad_shapes)}")
-    return "; ".join(lines)
+    groups = (("missing", missing), ("unexpected", unexpected), ("wrong shape", bad_shapes))
+    return "; ".join(show(what, items) for what, items in groups if items)
 
 
 def guess_arch(state_dict: Mapping[str, torch.Tensor]) -> str | None:
@@ -121,24 +110,18 @@ def guess_arch(state_dict: Mapping[str, torch.Tensor]) -> str | None:
             to_cspnet(state_dict, arch, layout)
             return name
         except CheckpointError:
-            continue
+            pass
     return None
 
 
 def to_cspnet(state_dict: Mapping[str, torch.Tensor], arch: CSPArch | str, layout: str | None = None) -> dict:
-    """Convert a state dict of ``arch`` from ``layout`` (detected if None) to the cspnet layout, strictly.
-
-    The head is optional and may have any number of classes; ``num_batches_tracked`` buffers may be missing.
-    """
+    """Convert a state dict of ``arch`` from ``layout`` (detected if None) to the cspnet layout, strictly. The head is
+    optional and may have any number of classes; ``num_batches_tracked`` buffers may be missing."""
     arch = get_arch(arch) if isinstance(arch, str) else arch
     layout = layout or detect_layout(state_dict)
     inverse = {v: k for k, v in key_map(arch, layout).items()}
-    out, unexpected = {}, []
-    for k, v in state_dict.items():
-        if k in inverse:
-            out[inverse[k]] = v
-        else:
-            unexpected.append(k)
+    out = {inverse[k]: v for k, v in state_dict.items() if k in inverse}
+    unexpected = [k for k in state_dict if k not in inverse]
     expected = {**backbone_spec(arch), **_head_shapes(out, arch.channels[-1])}
     missing = [k for k in expected if k not in out and not k.endswith(OPTIONAL_SUFFIX)]
     if "head.fc.bias" in out and "head.fc.weight" not in out:
@@ -148,10 +131,8 @@ def to_cspnet(state_dict: Mapping[str, torch.Tensor], arch: CSPArch | str, layou
         raise CheckpointError(
             f"state dict ({layout} layout) does not fit {arch.name}: {_mismatch_report(missing, unexpected, bad)}"
         )
-    ordered = {}
-    for k in expected:  # model order, filling omitted counters
-        ordered[k] = out[k] if k in out else torch.tensor(0, dtype=torch.long)
-    return ordered
+    # model order, filling omitted counters
+    return {k: out[k] if k in out else torch.tensor(0, dtype=torch.long) for k in expected}
 
 
 def from_cspnet(state_dict: Mapping[str, torch.Tensor], arch: CSPArch | str, layout: str) -> dict:
@@ -162,8 +143,7 @@ def from_cspnet(state_dict: Mapping[str, torch.Tensor], arch: CSPArch | str, lay
     return {names[k]: v for k, v in checked.items()}
 
 
-def convert_state_dict(
-    state_dict: Mapping[str, torch.Tensor], arch: CSPArch | str, to: str, src: str | None = None
-) -> dict:
+def convert_state_dict(state_dict: Mapping[str, torch.Tensor], arch: CSPArch | str, to: str,
+                       src: str | None = None) -> dict:
     """Convert between any two layouts: ``src`` (detected if None) -> ``to``."""
     return from_cspnet(to_cspnet(state_dict, arch, src), arch, to)

@@ -54,19 +54,14 @@ def read_file(path: str | os.PathLike) -> tuple[Any, dict]:
         if path.suffix == ".safetensors" or (not zipfile.is_zipfile(path) and _looks_safetensors(path)):
             from safetensors import safe_open
 
-            tensors = {}
             with safe_open(str(path), framework="pt") as f:
-                meta = f.metadata() or {}
-                for k in f.keys():
-                    tensors[k] = f.get_tensor(k)
-            return tensors, dict(meta)
+                return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
         return _torch_load(path), {}
     except CheckpointError:
         raise
     except Exception as e:  # zip/pickle/safetensors parse errors of a truncated or corrupt file
-        size = path.stat().st_size
         raise CheckpointError(
-            f"checkpoint {str(path)!r} ({size} bytes) is truncated or corrupt: {type(e).__name__}: "
+            f"checkpoint {str(path)!r} ({path.stat().st_size} bytes) is truncated or corrupt: {type(e).__name__}: "
             f"{str(e).splitlines()[0][:200] if str(e) else ''}. Delete it and download or copy it again."
         ) from None
 
@@ -81,20 +76,15 @@ def _looks_safetensors(path: Path) -> bool:
 def extract_state_dict(obj: Any, source: str = "checkpoint", prefer_ema: bool = False) -> dict[str, torch.Tensor]:
     """Find the tensor dict inside a loaded checkpoint and strip ``module.``/``_orig_mod.`` prefixes."""
     if prefer_ema and isinstance(obj, Mapping):
-        for key in _EMA_WRAPPERS:
-            if isinstance(obj.get(key), Mapping):
-                obj = obj[key]
-                break
-    while isinstance(obj, Mapping) and not _is_tensor_dict(obj):
-        for key in _WRAPPERS:
-            if isinstance(obj.get(key), Mapping):
-                obj = obj[key]
-                break
-        else:
+        obj = next((obj[k] for k in _EMA_WRAPPERS if isinstance(obj.get(k), Mapping)), obj)
+    while isinstance(obj, Mapping) and not (obj and all(isinstance(v, torch.Tensor) for v in obj.values())):
+        inner = next((obj[k] for k in _WRAPPERS if isinstance(obj.get(k), Mapping)), None)
+        if inner is None:
             raise CheckpointError(
                 f"{source}: found no state dict (tensors under 'state_dict', 'model' or at the top level); "
                 f"top-level keys: {list(obj)[:8]}"
             )
+        obj = inner
     if not isinstance(obj, Mapping) or not obj:
         raise CheckpointError(f"{source}: holds no tensors")
     out = {}
@@ -106,17 +96,11 @@ def extract_state_dict(obj: Any, source: str = "checkpoint", prefer_ema: bool = 
     return out
 
 
-def _is_tensor_dict(obj: Mapping) -> bool:
-    return bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
-
-
 @dataclass(frozen=True)
 class WeightsFile:
-    """One weights file, read: its state dict (in the file's layout) and what the file says about its model.
-
-    ``spec``: the :class:`~cspnet.models.ModelSpec` cspnet recorded (None for other files); ``classes``: class names
-    from an mmpretrain ``meta`` (when there is no spec); ``ema``: whether the EMA weights were taken.
-    """
+    """One weights file, read: its state dict (in the file's layout) and what the file says about its model. ``spec``:
+    the :class:`~cspnet.models.ModelSpec` cspnet recorded (None for other files); ``classes``: class names from an
+    mmpretrain ``meta`` (when there is no spec); ``ema``: whether the EMA weights were taken."""
 
     path: Path
     state_dict: dict[str, torch.Tensor]
@@ -154,12 +138,10 @@ def read_weights(path: str | os.PathLike, use_ema: bool | None = None) -> Weight
 
 def save_state_dict(state_dict: Mapping[str, torch.Tensor], path: str | os.PathLike, layout: str,
                     spec: ModelSpec | None = None) -> Path:
-    """Write a state dict atomically: ``.safetensors`` (the spec as JSON metadata) or a torch file.
-
-    A torch file is saved flat (as timm's) when there is no spec; else as ``{'state_dict': ..., 'meta': {'spec':
-    ...}}``, which timm and mmpretrain both read (mmpretrain's layout always has this shape, with
-    ``meta.dataset_meta.classes`` as mmpretrain's published checkpoints).
-    """
+    """Write a state dict atomically: ``.safetensors`` (the spec as JSON metadata) or a torch file. A torch file is
+    saved flat (as timm's) when there is no spec; else as ``{'state_dict': ..., 'meta': {'spec': ...}}``, which timm and
+    mmpretrain both read (mmpretrain's layout always has this shape, with ``meta.dataset_meta.classes`` as mmpretrain's
+    published checkpoints)."""
     path = Path(path)
     tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
     if path.suffix == ".safetensors":

@@ -32,11 +32,9 @@ class Metrics:
 
 @dataclass(frozen=True)
 class WeightsInfo:
-    """Everything known about one checkpoint.
-
-    ``macs_224`` and ``macs_eval`` are multiply-accumulates (G) of backbone + global pool (the seed's "FLOPs"
-    column) at 224 and at the eval crop; ``tests/test_analysis.py`` recomputes them and the parameter count.
-    """
+    """Everything known about one checkpoint. ``macs_224`` and ``macs_eval`` are multiply-accumulates (G) of backbone +
+    global pool (the seed's "FLOPs" column) at 224 and at the eval crop; ``tests/test_analysis.py`` recomputes them and
+    the parameter count."""
 
     name: str
     arch: str
@@ -67,72 +65,50 @@ class WeightsInfo:
         return self.metrics.top5
 
 
-def _bicubic(resize: int, crop: int) -> EvalPreset:
-    return EvalPreset(resize, crop, "bicubic")
-
-
 _TIMM_RESULTS = "timm results-imagenet.csv (Pillow bilinear, short edge 288, crop 256)"
 _MMPRETRAIN = "mmpretrain metafile (configs/cspnet)"
 
 WEIGHTS: tuple[WeightsInfo, ...] = (
     WeightsInfo(
-        name="cspdarknet53.ra_in1k",
-        arch="cspdarknet53",
+        name="cspdarknet53.ra_in1k", arch="cspdarknet53",
         aliases=("cspdarknet53", "cspdarknet50_3rdparty_8xb32_in1k"),
-        eval=_bicubic(288, 256),
-        metrics=Metrics(80.05, 95.07, _bicubic(288, 256), _MMPRETRAIN),
+        eval=EvalPreset(288, 256, "bicubic"),
+        metrics=Metrics(80.05, 95.07, EvalPreset(288, 256, "bicubic"), _MMPRETRAIN),
         other_metrics=(Metrics(80.078, 95.060, EvalPreset(288, 256, "bilinear"), _TIMM_RESULTS),),
-        params=27_642_184,
-        macs_224=5.027,
-        macs_eval=6.566,
-        sources=(
-            HubFile("timm/cspdarknet53.ra_in1k"),
-            UrlFile(_MMPRETRAIN_URL + "cspdarknet50_3rdparty_8xb32_in1k_20220329-bd275287.pth", "mmpretrain"),
-        ),
+        params=27_642_184, macs_224=5.027, macs_eval=6.566,
+        sources=(HubFile("timm/cspdarknet53.ra_in1k"),
+                 UrlFile(_MMPRETRAIN_URL + "cspdarknet50_3rdparty_8xb32_in1k_20220329-bd275287.pth", "mmpretrain")),
         config="configs/cspnet/cspdarknet50_8xb32_in1k.py",
         notes="timm RA recipe (RandAugment, RMSProp, EMA). mmpretrain's name says 50; the network has 53 layers.",
     ),
     WeightsInfo(
-        name="cspresnet50.ra_in1k",
-        arch="cspresnet50",
+        name="cspresnet50.ra_in1k", arch="cspresnet50",
         aliases=("cspresnet50", "cspresnet50_3rdparty_8xb32_in1k"),
-        eval=_bicubic(288, 256),
-        metrics=Metrics(79.55, 94.68, _bicubic(288, 256), _MMPRETRAIN),
+        eval=EvalPreset(288, 256, "bicubic"),
+        metrics=Metrics(79.55, 94.68, EvalPreset(288, 256, "bicubic"), _MMPRETRAIN),
         other_metrics=(Metrics(79.578, 94.698, EvalPreset(288, 256, "bilinear"), _TIMM_RESULTS),),
-        params=21_616_168,
-        macs_224=3.475,
-        macs_eval=4.539,
-        sources=(
-            HubFile("timm/cspresnet50.ra_in1k"),
-            UrlFile(_MMPRETRAIN_URL + "cspresnet50_3rdparty_8xb32_in1k_20220329-dd6dddfb.pth", "mmpretrain"),
-        ),
+        params=21_616_168, macs_224=3.475, macs_eval=4.539,
+        sources=(HubFile("timm/cspresnet50.ra_in1k"),
+                 UrlFile(_MMPRETRAIN_URL + "cspresnet50_3rdparty_8xb32_in1k_20220329-dd6dddfb.pth", "mmpretrain")),
         config="configs/cspnet/cspresnet50_8xb32_in1k.py",
         notes="timm RA recipe (RandAugment, RMSProp, EMA).",
     ),
     WeightsInfo(
-        name="cspresnext50.ra_in1k",
-        arch="cspresnext50",
+        name="cspresnext50.ra_in1k", arch="cspresnext50",
         aliases=("cspresnext50", "cspresnext50_3rdparty_8xb32_in1k"),
         # mmpretrain evaluates CSPResNeXt at 256 -> 224 (79.96); timm at 288 -> 256 gets 80.55 from the same weights.
-        eval=_bicubic(256, 224),
-        metrics=Metrics(79.96, 94.96, _bicubic(256, 224), _MMPRETRAIN),
+        eval=EvalPreset(256, 224, "bicubic"),
+        metrics=Metrics(79.96, 94.96, EvalPreset(256, 224, "bicubic"), _MMPRETRAIN),
         other_metrics=(Metrics(80.548, 95.330, EvalPreset(288, 256, "bilinear"), _TIMM_RESULTS),),
-        params=20_569_896,
-        macs_224=3.097,
-        macs_eval=3.097,
-        sources=(
-            HubFile("timm/cspresnext50.ra_in1k"),
-            UrlFile(_MMPRETRAIN_URL + "cspresnext50_3rdparty_8xb32_in1k_20220329-2cc84d21.pth", "mmpretrain"),
-        ),
+        params=20_569_896, macs_224=3.097, macs_eval=3.097,
+        sources=(HubFile("timm/cspresnext50.ra_in1k"),
+                 UrlFile(_MMPRETRAIN_URL + "cspresnext50_3rdparty_8xb32_in1k_20220329-2cc84d21.pth", "mmpretrain")),
         config="configs/cspnet/cspresnext50_8xb32_in1k.py",
         notes="timm RA recipe (RandAugment, RMSProp, EMA).",
     ),
 )
 
-_BY_NAME: dict[str, WeightsInfo] = {}
-for _w in WEIGHTS:
-    for _n in (_w.name, *_w.aliases):
-        _BY_NAME[_n.lower()] = _w
+_BY_NAME: dict[str, WeightsInfo] = {n.lower(): w for w in WEIGHTS for n in (w.name, *w.aliases)}
 
 
 def get_weights_info(name: str) -> WeightsInfo:

@@ -1,25 +1,17 @@
 """Where pretrained weights come from, and fetching them safely.
 
-For ``pretrained=True`` the sources are tried in this order, the first that yields a file wins:
-
-1. weights folders the user names: ``weights_dir=`` and ``$CSPNET_WEIGHTS_DIR`` (``os.pathsep``-separated);
-2. files already downloaded: this library's cache (``cache_dir=``, ``$CSPNET_CACHE``, default
-   ``~/.cache/cspnet``) and torch hub's checkpoint folder (``$TORCH_HOME/hub/checkpoints``, where mmpretrain put them);
-3. a mirror the user names (``mirror=``, ``$CSPNET_MIRROR``): a base URL serving the same file names;
-4. the Hugging Face Hub (``timm/<arch>.<tag>``, ``model.safetensors``) through ``huggingface_hub``'s own cache,
-   honouring ``HF_HOME``, ``HF_HUB_CACHE``, ``HF_ENDPOINT`` and ``HF_HUB_OFFLINE``;
-5. the original URLs (mmpretrain's seed URLs; that host expired in 2026, kept for existing mirrors/proxies).
-
-Offline mode (``offline=True``, ``$CSPNET_OFFLINE=1`` or ``$HF_HUB_OFFLINE=1``) skips 3-5 except the Hub's local
-cache. A URL whose file name carries a hash (``name-<hex>.pth``, the torch hub and mmpretrain convention) is checked
-against the sha256 of the bytes. Downloads stream to a temporary file beside the target and are renamed into place
-only when complete and verified, so the cache never holds a partial or wrong file.
+For ``pretrained=True`` the :data:`SOURCES` are tried in order, the first that yields a file wins: weights folders
+(``weights_dir=``, ``$CSPNET_WEIGHTS_DIR``, ``os.pathsep``-separated), download caches (``cache_dir=``,
+``$CSPNET_CACHE``, ``$TORCH_HOME/hub/checkpoints``), a mirror (``mirror=``, ``$CSPNET_MIRROR``), the Hugging Face Hub
+(through its own cache and ``HF_*`` settings), the original URLs (the README's "Where the weights come from").
+Offline mode (``offline=True``, ``$CSPNET_OFFLINE=1`` or ``$HF_HUB_OFFLINE=1``) skips the network except the Hub's
+local cache. A file name carrying a hash (``name-<hex>.pth``) is checked against the sha256 of the bytes. Downloads
+are renamed into place only when complete and verified, so the cache never holds a partial or wrong file.
 """
 
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 import re
 import socket
@@ -34,10 +26,7 @@ from typing import Sequence
 from .._io import atomic_path
 from ..errors import DownloadError, WeightsNotFoundError
 
-log = logging.getLogger("cspnet")
-
 _HASH_IN_NAME = re.compile(r"-([0-9a-f]{8,64})\.[A-Za-z]+$")  # torch.hub's convention: <name>-<sha256 prefix>.<ext>
-_TRUE = ("1", "true", "yes", "on")
 
 
 @dataclass(frozen=True)
@@ -76,29 +65,24 @@ def hash_prefix_of(filename: str) -> str | None:
     return m.group(1) if m else None
 
 
-def _env_flag(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in _TRUE
-
-
 def is_offline(offline: bool | None = None) -> bool:
     if offline is not None:
         return offline
-    return _env_flag("CSPNET_OFFLINE") or _env_flag("HF_HUB_OFFLINE")
+    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
+               for v in ("CSPNET_OFFLINE", "HF_HUB_OFFLINE"))
+
+
+def _xdg_cache() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
 
 
 def default_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
-    if cache_dir:
-        return Path(cache_dir).expanduser()
-    env = os.environ.get("CSPNET_CACHE")
-    if env:
-        return Path(env).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(xdg) / "cspnet"
+    chosen = cache_dir or os.environ.get("CSPNET_CACHE")
+    return Path(chosen).expanduser() if chosen else _xdg_cache() / "cspnet"
 
 
 def _torch_hub_checkpoints() -> Path:
-    torch_home = os.environ.get("TORCH_HOME") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "torch"
-    return Path(torch_home).expanduser() / "hub" / "checkpoints"
+    return Path(os.environ.get("TORCH_HOME") or _xdg_cache() / "torch").expanduser() / "hub" / "checkpoints"
 
 
 def sha256_of(path: Path) -> str:
@@ -131,10 +115,7 @@ def download(url: str, dst: str | os.PathLike, sha256_prefix: str | None = None,
                 h, got = hashlib.sha256(), 0
                 with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=dst.name,
                           disable=not progress, file=sys.stderr, leave=False) as bar:
-                    while True:
-                        chunk = resp.read(1 << 20)
-                        if not chunk:
-                            break
+                    for chunk in iter(lambda: resp.read(1 << 20), b""):
                         out.write(chunk)
                         h.update(chunk)
                         got += len(chunk)
@@ -143,19 +124,16 @@ def download(url: str, dst: str | os.PathLike, sha256_prefix: str | None = None,
                 raise DownloadError(f"download of {url} was cut off: got {got} of {total} bytes")
             digest = h.hexdigest()
             if sha256_prefix and not digest.startswith(sha256_prefix):
-                raise DownloadError(
-                    f"download of {url} has sha256 {digest[:16]}..., but its name promises {sha256_prefix}: "
-                    f"the file is corrupt or not the published one; nothing was kept"
-                )
+                raise DownloadError(f"download of {url} has sha256 {digest[:16]}..., but its name promises "
+                                    f"{sha256_prefix}: the file is corrupt or not the published one; nothing was kept")
     except DownloadError:
         raise
     except urllib.error.HTTPError as e:
         raise DownloadError(f"download of {url} failed: HTTP {e.code} {e.reason}") from None
     except urllib.error.URLError as e:
-        reason = e.reason
-        if isinstance(reason, (socket.timeout, TimeoutError)):
+        if isinstance(e.reason, (socket.timeout, TimeoutError)):
             raise DownloadError(f"download of {url} timed out after {timeout:g} s without data") from None
-        raise DownloadError(f"cannot reach {url}: {reason}") from None
+        raise DownloadError(f"cannot reach {url}: {e.reason}") from None
     except (socket.timeout, TimeoutError):
         raise DownloadError(f"download of {url} stalled: no data for {timeout:g} s") from None
     except (ConnectionError, OSError) as e:  # connection reset, IncompleteRead, disk errors
@@ -165,21 +143,6 @@ def download(url: str, dst: str | os.PathLike, sha256_prefix: str | None = None,
 
 def _verified(path: Path, sha256_prefix: str | None) -> bool:
     return sha256_prefix is None or sha256_of(path).startswith(sha256_prefix)
-
-
-def _hub_cache_dir() -> str | None:
-    # Read at call time (huggingface_hub reads its environment once, at import).
-    if os.environ.get("HF_HUB_CACHE"):
-        return os.environ["HF_HUB_CACHE"]
-    if os.environ.get("HF_HOME"):
-        return str(Path(os.environ["HF_HOME"]) / "hub")
-    return None
-
-
-def _fetch_from_hub(src: HubFile, offline: bool) -> Path:
-    from huggingface_hub import hf_hub_download
-
-    return Path(hf_hub_download(src.repo_id, src.filename, cache_dir=_hub_cache_dir(), local_files_only=offline))
 
 
 def local_names(weights_name: str, sources: Sequence[HubFile | UrlFile]) -> list[str]:
@@ -245,26 +208,35 @@ def from_download_caches(search: Search) -> Path | None:
     return None
 
 
+def _download_first(search: Search, wanted: list[tuple[str, str, str | None]], label: str = "") -> Path | None:
+    """Download the first of ``(url, file name, sha256 prefix)`` that works into the cache, noting each failure."""
+    for url, name, sha in wanted:
+        try:
+            return download(url, search.cache / name, sha)
+        except DownloadError as e:
+            search.tried.append(f"{label}{e}")
+    return None
+
+
 def from_mirror(search: Search) -> Path | None:
     if not search.mirror or search.offline:
         return None
     base = search.mirror.rstrip("/")
     # a mirror serves the published file names, or <weights name>.safetensors for the Hub's files
-    wanted = [(f"{base}/{s.filename}", s.filename, s.sha256_prefix) for s in search.published]
-    if search.hub:
-        wanted.append((f"{base}/{search.weights_name}.safetensors", f"{search.weights_name}.safetensors", None))
-    for url, name, sha in wanted:
-        try:
-            return download(url, search.cache / name, sha)
-        except DownloadError as e:
-            search.tried.append(f"mirror: {e}")
-    return None
+    names = [(s.filename, s.sha256_prefix) for s in search.published]
+    names += [(f"{search.weights_name}.safetensors", None)] if search.hub else []
+    return _download_first(search, [(f"{base}/{name}", name, sha) for name, sha in names], "mirror: ")
 
 
 def from_hub(search: Search) -> Path | None:
+    # The cache folder is read here, at call time: huggingface_hub reads its environment once, at import.
+    home = os.environ.get("HF_HOME")
+    cache = os.environ.get("HF_HUB_CACHE") or (str(Path(home) / "hub") if home else None)
     for s in search.hub:
         try:
-            return _fetch_from_hub(s, bool(search.offline))
+            from huggingface_hub import hf_hub_download
+
+            return Path(hf_hub_download(s.repo_id, s.filename, cache_dir=cache, local_files_only=bool(search.offline)))
         except Exception as e:  # huggingface_hub raises many types: offline, HTTP, connection, auth
             msg = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
             search.tried.append(f"{s.describe()}{' (offline: local Hub cache only)' if search.offline else ''}: {msg}")
@@ -272,24 +244,18 @@ def from_hub(search: Search) -> Path | None:
 
 
 def from_original_urls(search: Search) -> Path | None:
-    for s in search.urls:
-        if search.offline:
-            search.tried.append(f"{s.url}: skipped (offline)")
-            continue
-        try:
-            return download(s.url, search.cache / s.filename, s.sha256_prefix)
-        except DownloadError as e:
-            search.tried.append(str(e))
-    return None
+    if search.offline:
+        search.tried += [f"{s.url}: skipped (offline)" for s in search.urls]
+        return None
+    return _download_first(search, [(s.url, s.filename, s.sha256_prefix) for s in search.urls])
 
 
 SOURCES = (from_weights_folders, from_download_caches, from_mirror, from_hub, from_original_urls)
 
 
 def resolve(weights_name: str, sources: Sequence[HubFile | UrlFile], **where) -> Path:
-    """Find or fetch the file of a checkpoint from the first of :data:`SOURCES` that has it (its layout is detected
-    from its keys when loaded). ``where``: ``weights_dir``, ``cache_dir``, ``mirror``, ``offline``, ``url_mapping``
-    (the fields of :class:`Search`).
+    """Find or fetch the file of a checkpoint from the first of :data:`SOURCES` that has it. ``where``:
+    ``weights_dir``, ``cache_dir``, ``mirror``, ``offline``, ``url_mapping`` (the fields of :class:`Search`).
 
     Raises:
         WeightsNotFoundError: listing every source tried, why it failed, and how to provide the file.
@@ -321,6 +287,4 @@ def fetch_url(url: str, weights_name: str, sources: Sequence[HubFile | UrlFile],
         return resolve(weights_name, sources, **where)
     name = Path(urllib.parse.urlparse(url).path).name or "checkpoint.pth"
     dst = default_cache_dir(where.get("cache_dir")) / name
-    if dst.is_file():
-        return dst
-    return download(url, dst, hash_prefix_of(name))
+    return dst if dst.is_file() else download(url, dst, hash_prefix_of(name))
