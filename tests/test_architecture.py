@@ -76,15 +76,22 @@ def test_every_module_has_a_layer():
     assert all(_layer(m) >= 0 for m in _modules())
 
 
-@pytest.mark.parametrize("args", [["--help"], ["list"], ["predict", "--help"], ["test", "nope.py", "x", "--bogus"]])
+USAGE_ERRORS = {  # argument errors: the subcommand's usage (not the top level's), before torch is imported
+    ("test", "nope.py", "x", "--bogus"): ["usage: cspnet test", "unrecognized arguments: --bogus"],
+    ("predict", "x.jpg", "--topk", "0"): ["usage: cspnet predict", "argument --topk: expected an integer >= 1, got '0'"],
+    ("test", "c.py", "x", "--num-workers", "-1"): ["argument --num-workers: expected an integer >= 0, got '-1'"],
+}
+
+
+@pytest.mark.parametrize("args", [("--help",), ("list",), ("predict", "--help"), *USAGE_ERRORS])
 def test_the_command_line_starts_without_torch(args):
     proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "cspnet", *args], capture_output=True, text=True,
                           timeout=60)
     imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time")}
     assert imported and not {m for m in imported if m == "torch" or m.startswith("torch.")}, args
-    assert proc.returncode == (2 if "--bogus" in args else 0), proc.stderr[-500:]
-    if "--bogus" in args:  # the subcommand's usage, not the top level's
-        assert "usage: cspnet test" in proc.stderr and "unrecognized arguments: --bogus" in proc.stderr
+    assert proc.returncode == (2 if args in USAGE_ERRORS else 0), proc.stderr[-500:]
+    for words in USAGE_ERRORS.get(args, []):
+        assert words in proc.stderr, proc.stderr[-500:]
 
 
 BELOW_CONFIG = ["engine", "data", "weights", "inference.py"]

@@ -19,7 +19,7 @@ import torch
 import cspnet
 from cspnet.cli import main as cli_main
 from cspnet.data.transforms import EvalPreset, EvalTransform
-from cspnet.data.loader import ShardSampler
+from cspnet.data.loader import build_eval_loader
 from cspnet.weights.files import save_state_dict
 from cspnet.weights.convert import convert_state_dict
 from golden import recipe_state_dict
@@ -242,7 +242,9 @@ def test_corrupt_images_fail_or_are_skipped_and_reported(data, capsys, tmp_path,
 
 
 @pytest.mark.parametrize("n, world", [(7, 2), (7, 3), (2, 4), (0, 2), (5, 1)])
-def test_shard_sampler_takes_every_index_once(n, world):
-    shards = [list(ShardSampler(n, r, world)) for r in range(world)]
-    assert sorted(i for s in shards for i in s) == list(range(n))
-    assert [len(ShardSampler(n, r, world)) for r in range(world)] == [len(s) for s in shards]
+def test_the_eval_loaders_of_all_ranks_take_every_index_once(n, world):
+    loaders = [build_eval_loader([(torch.zeros(3, 2, 2, dtype=torch.uint8), 0)] * n, 2, 0, r, world)
+               for r in range(world)]
+    shards = [[int(i) for indices, *_ in loader for i in indices] for loader in loaders]
+    assert sorted(i for s in shards for i in s) == list(range(n)) and all(s == sorted(s) for s in shards)
+    assert [len(loader.sampler) for loader in loaders] == [len(s) for s in shards]

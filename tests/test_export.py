@@ -167,3 +167,14 @@ def test_cli_image_size_takes_one_or_two_numbers(capsys):
     for bad in (["16"], ["64", "64", "3"]):
         assert main(["export", "cspresnet50", "--image-size", *bad]) == 2  # refused before any download
         assert "--image-size" in capsys.readouterr().err
+
+
+def test_a_runtime_answering_nan_fails_the_check(tiny, tmp_path, monkeypatch):
+    """A NaN from the exported file is a failed check (Python's max(0.0, nan) is 0.0: it used to pass)."""
+    import cspnet.export as export
+
+    monkeypatch.setattr(export, "_runner", lambda data, fmt: (lambda x: torch.full((x.shape[0], 10), float("nan")),
+                                                              "a broken runtime"))
+    with pytest.raises(ExportError, match="differs from PyTorch by nan"):
+        export_model(tiny, tmp_path / "x.onnx", image_size=64)
+    assert not (tmp_path / "x.onnx").exists()

@@ -22,5 +22,4 @@ def lazy_exports(package: str, exports: dict[str, str]) -> tuple[Callable[[str],
         module, _, attr = exports[name].partition(":")
         namespace[name] = value = getattr(importlib.import_module(f"{package}.{module}"), attr or name)
         return value  # looked up once: the next access finds it in the namespace
-
     return __getattr__, lambda: sorted({*exports, *(k for k in namespace if not k.startswith("_"))})

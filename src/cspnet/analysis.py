@@ -1,16 +1,12 @@
-"""Parameters, MACs and activations of a model at a stated resolution: mmpretrain's ``get_flops.py``, built in.
+"""Parameters, MACs and activations of a model at a stated resolution: mmpretrain's ``get_flops.py``, built in
+(README, "FLOPs, parameters and activations", compares the numbers with the seed's, mmengine's and timm's).
 
-Counting convention (the one of fvcore and of mmengine's ``get_model_complexity_info``, which gave the seed's
-"FLOPs" column): one multiply-accumulate (MAC) per conv/linear weight use, 2 per element for an inference-mode
-BatchNorm (scale and shift), 1 per input element for global average pooling; activations, additions and
-concatenations are free. The seed's 5.04 / 3.48 / 3.11 G are these MACs for backbone + global pool at 224x224, head
-excluded (mmengine gives 5.027 / 3.475 / 3.097; the metafile's slightly higher values came from an older counter):
-:attr:`Analysis.macs`. timm's model cards quote the whole model, ``macs + macs_head`` (6.57 / 4.54 / 4.05 G at 256x256).
-
-The counts come from :class:`torch.utils.flop_counter.FlopCounterMode` over one forward pass on *meta* tensors: the
-real weights are swapped for shape-only stand-ins with ``torch.func.functional_call``, so analysing a 1024x1024 input
-or a model on a GPU costs no compute and no memory.
-"""
+Counting convention (fvcore's and mmengine's ``get_model_complexity_info``'s, which gave the seed's "FLOPs" column):
+one multiply-accumulate (MAC) per conv/linear weight use, 2 per element for an inference-mode BatchNorm (scale and
+shift), 1 per input element for global average pooling; activations, additions and concatenations are free. The
+seed's column is :attr:`Analysis.macs` (backbone + global pool, head excluded); timm's model cards quote the whole
+model, ``macs + macs_head``. :class:`torch.utils.flop_counter.FlopCounterMode` counts one forward pass on *meta*
+tensors (``torch.func.functional_call`` swaps in shape-only weights): no compute or memory, any size or device."""
 
 from __future__ import annotations
 
@@ -136,15 +132,13 @@ def _count(model: nn.Module, x: torch.Tensor, formulas: dict) -> dict[str, dict]
 
 
 def analyze(model: ImageClassifier | CSPNet | str, shape: int | Sequence[int] = 224) -> Analysis:
-    """Count parameters, MACs and activations of ``model`` for one ``(1, 3, H, W)`` input.
+    """Count parameters, MACs and activations of ``model`` for one ``(1, 3, H, W)`` input: an :class:`Analysis`
+    (``analyze("cspdarknet53").macs`` is 5_027_334_400, 5.027 G at 224x224).
 
     Args:
         model: a classifier, a ``features_only`` backbone (then there is no pool or head), or a model name (built
             on the meta device: no weights, no compute).
         shape: ``H`` or ``(H, W)`` of the input (default 224, as mmpretrain's ``get_flops.py``).
-
-    Returns:
-        An :class:`Analysis`; ``analyze("cspdarknet53").macs`` is 5_027_334_400 (5.027 G at 224x224).
     """
     if isinstance(model, str):
         from .zoo import get_model

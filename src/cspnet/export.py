@@ -1,17 +1,9 @@
-"""Export a classifier to ONNX, TorchScript or a ``torch.export`` program, check it against PyTorch, write it.
-
-What mmpretrain needs mmdeploy for, in one function with no backend config: :func:`export_model`.
-
-Every file carries four metadata entries, each a JSON string (ONNX ``metadata_props``, which onnxruntime shows as
-``session.get_modelmeta().custom_metadata_map``; the extra files of a TorchScript or ``.pt2`` archive):
-``model`` (name, format, input/output names, dtype, layout and shape), ``classes`` (class names or null),
-``preprocessing`` (the eval resize/crop/interpolation/mean/std and whether normalisation is inside the graph) and
-``spec`` (the :class:`~cspnet.models.ModelSpec`, as checkpoints record it). :func:`read_metadata` reads them back.
-
-ONNX goes through ``torch.onnx.export(..., dynamo=False)``: the TorchScript-based exporter needs no package beyond
-``onnx`` and matches PyTorch (max abs diff ~1e-6) at any batch size; torch 2.13's default ``dynamo=True`` exporter
-would need ``onnxscript``.
-"""
+"""Export a classifier to ONNX, TorchScript or a ``torch.export`` program, check it against PyTorch, write it:
+:func:`export_model`, what mmpretrain needs mmdeploy for, with no backend config (README, "Export"). Every file
+carries the :data:`METADATA_KEYS` entries as JSON strings (ONNX ``metadata_props``; the extra files of a TorchScript
+or ``.pt2`` archive): ``model`` (name, format, input/output names, dtype, layout and shape), ``classes`` (or null),
+``preprocessing`` (the eval resize/crop/interpolation/mean/std; whether normalisation is inside the graph) and
+``spec`` (the :class:`~cspnet.models.ModelSpec`, as checkpoints record it); :func:`read_metadata` reads them back."""
 
 from __future__ import annotations
 
@@ -30,8 +22,8 @@ import torch
 from torch import nn
 
 from ._io import atomic_write
-from .analysis import resolution
 from ._version import __version__
+from .analysis import resolution
 from .data.transforms import EvalTransform
 from .errors import ExportError, InvalidOptionError
 from .models import ARCHS, ImageClassifier
@@ -75,13 +67,6 @@ class WithPreprocessing(nn.Module):
         return self.model((x.float() - self.mean) / self.std)
 
 
-def _spec_of(model: ImageClassifier) -> ModelSpec:
-    """The model's spec; a model without its eval preprocessing gets its architecture's published one."""
-    if model.transform is None and model.backbone.arch.name in ARCHS:
-        model.transform = get_transform(model.backbone.arch.name)
-    return ModelSpec.of(model)
-
-
 def build_metadata(spec: ModelSpec, fmt: str, image_size: tuple[int, int], dynamic_batch: bool, batch_size: int,
                    with_preprocessing: bool, opset: int | None = None) -> dict[str, str]:
     """The metadata entries (``model``, ``classes``, ``preprocessing``, ``spec``) as JSON strings."""
@@ -109,8 +94,9 @@ def _serialize(net: nn.Module, example: torch.Tensor, fmt: str, dynamic_batch: b
                metadata: dict[str, str]) -> bytes:
     buf = io.BytesIO()
     with warnings.catch_warnings():
-        # torch 2.13 marks torch.jit.trace and the TorchScript-based ONNX exporter deprecated; they are the tools
-        # that need no extra package, and the verification in export_model is what vouches for their output.
+        # torch 2.13 marks torch.jit.trace and the TorchScript-based ONNX exporter (dynamo=False) deprecated; they
+        # need no extra package (the default dynamo=True exporter needs onnxscript), the ONNX one matches PyTorch
+        # (~1e-6) at any batch size, and the verification in export_model is what vouches for their output.
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", FutureWarning)
         if fmt == "onnx":
@@ -172,7 +158,8 @@ def export_model(model: ImageClassifier, path: str | os.PathLike, format: str = 
                  with_preprocessing: bool = False, opset: int = DEFAULT_OPSET,
                  image_size: int | Sequence[int] | None = None, batch_size: int = 1, verify: bool = True,
                  atol: float = 1e-3) -> ExportResult:
-    """Export ``model`` to ``path``, check the file against PyTorch, and write it atomically.
+    """Export ``model`` to ``path``, check the file against PyTorch, and write it atomically; returns an
+    :class:`ExportResult` with the measured max abs difference (None when not verified).
 
     Args:
         model: a classifier (its name, classes and eval preprocessing go into the metadata). It is exported
@@ -185,13 +172,9 @@ def export_model(model: ImageClassifier, path: str | os.PathLike, format: str = 
             mean/std normalisation inside the graph; otherwise float32, already normalised.
         opset: ONNX opset, 11 to 20.
         image_size: ``H`` or ``(H, W)``; default the model's eval crop.
-        batch_size: the fixed batch when not ``dynamic_batch``.
         verify: run the file with its runtime (onnxruntime only when installed) and compare with PyTorch on seeded
             random inputs of batch 1 and 3 (dynamic) or ``batch_size``.
         atol: the largest max-abs logit difference accepted by ``verify``.
-
-    Returns:
-        An :class:`ExportResult` with the measured max abs difference (None when not verified).
 
     Raises:
         InvalidOptionError: bad format, opset, size or batch. ExportError: a missing package (``onnx``) or a file
@@ -206,7 +189,9 @@ def export_model(model: ImageClassifier, path: str | os.PathLike, format: str = 
         raise InvalidOptionError(f"opset={opset}: the ONNX exporter writes opsets {OPSETS.start} to {OPSETS.stop - 1}")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise InvalidOptionError(f"batch_size={batch_size!r} must be a positive integer")
-    spec = _spec_of(model)
+    if model.transform is None and model.backbone.arch.name in ARCHS:  # no eval preprocessing: the published one
+        model.transform = get_transform(model.backbone.arch.name)
+    spec = ModelSpec.of(model)
     hw = resolution(image_size if image_size is not None else spec.eval.crop, "image_size", minimum=32)
     # Export from the CPU (a copy when the model lives elsewhere): the file is then device-neutral, and the check
     # compares fp32 with fp32 (a CUDA reference runs TF32 convolutions, ~1e-2 away from any fp32 runtime).
@@ -224,11 +209,9 @@ def export_model(model: ImageClassifier, path: str | os.PathLike, format: str = 
         runner = _runner(data, format) if verify else None
         if runner is not None:
             run, runtime = runner
-            diff = 0.0
-            with torch.no_grad():
-                for x in _check_inputs(batches, hw, with_preprocessing):
-                    expected = net(x).float()
-                    diff = max(diff, float((run(x).float() - expected).abs().max()))
+            with torch.no_grad():  # a tensor's max keeps a NaN, where Python's max(0.0, nan) would drop it
+                diff = float(torch.stack([(run(x).float() - net(x).float()).abs().max()
+                                          for x in _check_inputs(batches, hw, with_preprocessing)]).max())
             if not diff <= atol:  # also catches NaN
                 raise ExportError(f"the exported {format} model differs from PyTorch by {diff:.3g} (> atol {atol:g}) "
                                   f"on batches {list(batches)}; {str(path)!r} was not written")

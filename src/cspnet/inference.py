@@ -16,8 +16,8 @@ from .data.loader import ImageList, build_eval_loader, input_path
 from .data.transforms import ImageLike
 from .errors import ImageError, InvalidOptionError
 from .models import CSPNet, ImageClassifier
-from .spec import ModelSpec
 from .optimize import optimize_for_inference
+from .spec import ModelSpec
 
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".safetensors")
 
@@ -41,10 +41,6 @@ def get_model(model: str | os.PathLike | ModelSpec, pretrained: Any = False, *ar
                                      f"model brings its weights; give the file once")
         return zoo.get_model(None, path, *args, **kwargs)
     return zoo.get_model(model, pretrained, *args, **kwargs)
-
-
-def _model_device(model: torch.nn.Module) -> torch.device:
-    return next(model.parameters()).device
 
 
 # model -> (its tensors and their versions, its fast copy). Folding takes ~0.1 s, as long as a CPU forward pass at
@@ -71,17 +67,10 @@ def _fast_copy(model: torch.nn.Module) -> torch.nn.Module:
 
 
 @torch.inference_mode()
-def inference_model(
-    model: ImageClassifier | str,
-    images: ImageLike | Sequence[ImageLike],
-    device: str | torch.device | None = None,
-    batch_size: int = 16,
-    topk: int | None = None,
-    optimize: bool = True,
-    num_workers: int | None = None,
-    resize: str = "auto",
-    **get_model_kwargs,
-) -> dict[str, Any] | list[dict[str, Any]]:
+def inference_model(model: ImageClassifier | str, images: ImageLike | Sequence[ImageLike],
+                    device: str | torch.device | None = None, batch_size: int = 16, topk: int | None = None,
+                    optimize: bool = True, num_workers: int | None = None, resize: str = "auto",
+                    **get_model_kwargs) -> dict[str, Any] | list[dict[str, Any]]:
     """Classify images.
 
     Args:
@@ -114,7 +103,7 @@ def inference_model(
     transform = model.transform or zoo.get_transform(model.backbone.arch.name)
     single = not isinstance(images, (list, tuple))
     items = [images] if single else list(images)
-    dev = _model_device(model)
+    dev = next(model.parameters()).device
     net = _fast_copy(model) if optimize else model
     inp = input_path(transform.preset, dev, resize)
     if num_workers is None:  # workers pay off from the second batch on
@@ -134,9 +123,7 @@ def inference_model(
                 res["pred_class"] = model.classes[label]
             if topk:
                 vals, idx = row.topk(min(topk, row.numel()))
-                res["topk"] = [
-                    (int(i), float(v), model.classes[int(i)] if model.classes is not None else None)
-                    for v, i in zip(vals, idx)
-                ]
+                res["topk"] = [(int(i), float(v), model.classes[int(i)] if model.classes is not None else None)
+                               for v, i in zip(vals, idx)]
             results.append(res)
     return results[0] if single else results

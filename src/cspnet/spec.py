@@ -3,8 +3,7 @@
 A spec is made once, at the edge (from a model name, a config file or a checkpoint), and everything below builds
 from it. Every file cspnet writes (training checkpoints, converted weights, exports) records the spec of its model
 (:meth:`ModelSpec.to_meta`), so a checkpoint carries its model: architecture, head, class names and eval
-preprocessing come back with :meth:`ModelSpec.from_meta`.
-"""
+preprocessing come back with :meth:`ModelSpec.from_meta`."""
 
 from __future__ import annotations
 
@@ -43,13 +42,11 @@ class BackboneOptions:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A classifier (or backbone) to build, and how to feed it.
-
-    ``arch``: a name in :data:`~cspnet.models.ARCHS`; ``eval``: its eval preprocessing; ``num_classes``: width of
-    the linear head (0: none, the model returns pooled features); ``classes``: the class names in label order (or
-    None); ``drop_rate``: dropout before the head; ``backbone``: CSPNet options; ``name``: what outputs and file
-    names call the model (the published weights' name, a training run's config name, ...).
-    """
+    """A classifier (or backbone) to build, and how to feed it. ``arch``: a name in :data:`~cspnet.models.ARCHS`;
+    ``eval``: its eval preprocessing; ``num_classes``: width of the linear head (0: none, the model returns pooled
+    features); ``classes``: the class names in label order (or None); ``drop_rate``: dropout before the head;
+    ``backbone``: CSPNet options; ``name``: what outputs and file names call the model (the published weights'
+    name, a training run's config name, ...)."""
 
     arch: str
     eval: EvalPreset
@@ -76,7 +73,6 @@ class ModelSpec:
         ``forward`` returns every stage's map unless ``backbone.out_indices`` says otherwise."""
         from .data.transforms import EvalTransform
         from .models import CSPNet, ImageClassifier, get_arch
-
         options = self.backbone.kwargs()
         if features_only:
             options.setdefault("out_indices", tuple(range(get_arch(self.arch).num_stages)))
@@ -93,7 +89,6 @@ class ModelSpec:
         """The spec of a live classifier, read from the module itself (after any ``reset_classifier`` or
         ``model.transform = ...``), so that nothing can go stale."""
         import inspect
-
         backbone = model.backbone
         if model.transform is None:
             raise InvalidOptionError(f"{getattr(model, 'name', 'the model')} has no eval preprocessing: set "
@@ -103,9 +98,8 @@ class ModelSpec:
         defaults = {k: p.default for k, p in inspect.signature(type(backbone)).parameters.items()}
         defaults["out_indices"] = (backbone.arch.num_stages - 1,)  # CSPNet's -1, resolved
         options = BackboneOptions(**{k: v for k, v in live.items() if v != defaults[k]})
-        classes = tuple(model.classes) if model.classes is not None else None
-        return cls(backbone.arch.name, model.transform.preset, model.num_classes, classes, model.head.drop.p, options,
-                   getattr(model, "name", ""))
+        return cls(backbone.arch.name, model.transform.preset, model.num_classes, model.classes, model.head.drop.p,
+                   options, getattr(model, "name", ""))
 
     def to_meta(self) -> dict[str, Any]:
         """Plain JSON data: what checkpoints and exports store."""

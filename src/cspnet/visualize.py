@@ -2,8 +2,7 @@
 
 Grad-CAM (Selvaraju et al., arXiv 1610.02391), as mmpretrain's ``vis_cam.py`` computes it through the ``grad-cam``
 package: for a target layer with output ``A`` (N, C, h, w) and a target logit ``y``, the channel weights are the
-spatial means of ``dy/dA``, the map is ``ReLU(sum_c w_c A_c)``, upsampled bilinearly to the input and scaled to 0..1.
-"""
+spatial means of ``dy/dA``, the map is ``ReLU(sum_c w_c A_c)``, upsampled bilinearly to the input and scaled to 0..1."""
 
 from __future__ import annotations
 
@@ -52,17 +51,13 @@ def vis_paths(images: Sequence[str | os.PathLike], target: str | os.PathLike) ->
     return paths
 
 
-def _font(size: int) -> ImageFont.ImageFont:
-    try:
-        return ImageFont.load_default(size=size)  # Pillow >= 10.1 with FreeType: a scalable font
-    except (TypeError, OSError, ImportError):
-        return ImageFont.load_default()
-
-
 def draw_topk(image: ImageLike, topk: Sequence[tuple[int, float, str | None]]) -> Image.Image:
     """The image (RGB, original size) with its top-k ``(label, score, class name)`` written in its top-left corner."""
     img = load_image(image).copy()
-    font = _font(max(12, min(img.size) // 28))
+    try:
+        font = ImageFont.load_default(size=max(12, min(img.size) // 28))  # Pillow >= 10.1 with FreeType: scalable
+    except (TypeError, OSError, ImportError):
+        font = ImageFont.load_default()
     lines = [f"{i}. {100 * score:.1f}%  {name if name is not None else f'class {label}'}"
              for i, (label, score, name) in enumerate(topk, 1)]
     draw = ImageDraw.Draw(img, "RGBA")

@@ -2,8 +2,7 @@
 
 A name means the published model (:mod:`cspnet.weights.records`); a checkpoint carries its own model, so weights
 from a file decide the head, the class names and the eval preprocessing unless the caller says otherwise.
-(:func:`cspnet.get_model` also takes config files and checkpoint paths as the model: :mod:`cspnet.inference`.)
-"""
+(:func:`cspnet.get_model` also takes config files and checkpoint paths as the model: :mod:`cspnet.inference`.)"""
 
 from __future__ import annotations
 
@@ -27,10 +26,9 @@ _HEAD_KEYS = {"num_classes", "type", "in_channels", "loss", "topk"}  # mmpretrai
 
 def get_transform(name: str | WeightsInfo | EvalPreset) -> EvalTransform:
     """The exact eval preprocessing of a model: image (path, PIL, RGB uint8 array) -> float32 ``(3, crop, crop)``."""
-    if isinstance(name, EvalPreset):
-        return EvalTransform(name)
-    info = name if isinstance(name, WeightsInfo) else get_weights_info(name)
-    return EvalTransform(info.eval)
+    if not isinstance(name, EvalPreset):
+        name = (name if isinstance(name, WeightsInfo) else get_weights_info(name)).eval
+    return EvalTransform(name)
 
 
 def with_options(spec: ModelSpec, num_classes: int | None = None, backbone: Mapping[str, Any] | None = None,
@@ -54,18 +52,10 @@ def with_options(spec: ModelSpec, num_classes: int | None = None, backbone: Mapp
     return spec.replace(drop_rate=drop_rate, backbone=bb)
 
 
-def get_model(
-    name: str | ModelSpec | None,
-    pretrained: weights.Pretrained = False,
-    num_classes: int | None = None,
-    features_only: bool = False,
-    device: str | torch.device | None = None,
-    *,
-    use_ema: bool | None = None,
-    backbone: Mapping[str, Any] | None = None,
-    head: Mapping[str, Any] | None = None,
-    **kwargs,
-) -> ImageClassifier | CSPNet:
+def get_model(name: str | ModelSpec | None, pretrained: weights.Pretrained = False, num_classes: int | None = None,
+              features_only: bool = False, device: str | torch.device | None = None, *, use_ema: bool | None = None,
+              backbone: Mapping[str, Any] | None = None, head: Mapping[str, Any] | None = None,
+              **kwargs) -> ImageClassifier | CSPNet:
     """Build a model, optionally with weights. Returns it in eval mode.
 
     Args:
@@ -83,11 +73,9 @@ def get_model(
         device: where to put the model.
         use_ema: with a training checkpoint: True loads its EMA weights, False its raw weights; None (default)
             the ones that its run selected its best epoch by.
-        backbone, head: mmpretrain-style overrides (``backbone=dict(out_indices=(1, 2, 3))``,
-            ``head=dict(num_classes=10)``).
+        backbone, head: as mmpretrain's (``backbone=dict(out_indices=(1, 2))``, ``head=dict(num_classes=10)``).
         **kwargs: ``weights_dir``, ``cache_dir``, ``mirror``, ``offline``, ``url_mapping`` (see
-            :func:`cspnet.weights.sources.resolve`); backbone options (``out_indices``, ``frozen_stages``,
-            ``norm_eval``, ``drop_path_rate``, ``in_chans``, ``zero_init_last``) and ``drop_rate`` for the head.
+            :func:`cspnet.weights.sources.resolve`); :class:`~cspnet.models.CSPNet` options; the head's ``drop_rate``.
     """
     where = {k: kwargs.pop(k) for k in _WHERE if k in kwargs}
     explicit = isinstance(name, ModelSpec)

@@ -10,20 +10,20 @@ import importlib
 import os
 import sys
 
+from .._version import __version__
 from ..errors import CSPNetError
 
-# subcommand -> module in this package
-COMMANDS = {
-    "predict": "predict",
-    "list": "listing",
-    "convert": "convert",
-    "download": "download",
-    "export": "export",
-    "analyze": "analyze",
-    "cam": "cam",
-    "test": "test",
-    "train": "train",
-}
+COMMANDS = {"predict": "predict", "list": "listing", "convert": "convert", "download": "download",  # -> module
+            "export": "export", "analyze": "analyze", "cam": "cam", "test": "test", "train": "train"}
+
+
+def at_least(least: int):
+    """An argparse ``type``: an integer >= ``least``; anything else is a usage error that names the option."""
+    def parse(text: str) -> int:
+        if not text.strip().lstrip("-").isdigit() or int(text) < least:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {least}, got {text!r}")
+        return int(text)
+    return parse
 
 
 def add_model_arguments(p: argparse.ArgumentParser, positional: bool = False) -> None:
@@ -90,7 +90,7 @@ def use_local_rank(args: argparse.Namespace) -> None:
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     parser = argparse.ArgumentParser(prog="cspnet", description="CSPNet image classification backbones.")
-    parser.add_argument("--version", action="version", version=f"cspnet {_version()}")
+    parser.add_argument("--version", action="version", version=f"cspnet {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands = {}
     for name, module in COMMANDS.items():
@@ -99,12 +99,6 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         mod.add_arguments(p)
         p.set_defaults(_run=mod.run)
     return parser, commands
-
-
-def _version() -> str:
-    from .._version import __version__
-
-    return __version__
 
 
 def script(command: str) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from . import add_model_arguments, load_model
+from . import add_model_arguments, at_least, load_model
 
 HELP = "export a model to ONNX, TorchScript or a torch.export program, verified against PyTorch"
 
@@ -22,7 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--opset", type=int, default=None, help="ONNX opset, 11 to 20 (default 17)")
     p.add_argument("--image-size", type=int, nargs="+", default=None, metavar="N",
                    help="input H [W] (default: the model's eval crop)")
-    p.add_argument("--batch-size", type=int, default=1, help="the fixed batch without --dynamic-batch (default 1)")
+    p.add_argument("--batch-size", type=at_least(1), default=1, help="the fixed batch without --dynamic-batch")
     p.add_argument("--no-verify", action="store_true", help="skip running the file and comparing it with PyTorch")
     p.add_argument("--atol", type=float, default=1e-3,
                    help="largest max-abs logit difference the check accepts (default %(default)g)")

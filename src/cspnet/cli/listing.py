@@ -15,7 +15,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def markdown_table() -> str:
-    """The README's model table, generated from :data:`cspnet.zoo.WEIGHTS`."""
+    """The README's model table, generated from :data:`cspnet.weights.records.WEIGHTS`."""
     from ..weights.records import WEIGHTS
 
     lines = [

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
-from . import add_model_arguments, load_model
+from . import add_model_arguments, at_least, load_model
 
 HELP = "classify images and print the top-k classes with their names and scores"
 
@@ -13,10 +14,10 @@ HELP = "classify images and print the top-k classes with their names and scores"
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (any format Pillow reads)")
     add_model_arguments(p)
-    p.add_argument("--topk", type=int, default=5, help="classes to show per image (default %(default)s)")
+    p.add_argument("--topk", type=at_least(1), default=5, help="classes to show per image (default %(default)s)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
-    p.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default %(default)s)")
-    p.add_argument("--num-workers", type=int, default=None,
+    p.add_argument("--batch-size", type=at_least(1), default=16, help="images per forward pass (default 16)")
+    p.add_argument("--num-workers", type=at_least(0), default=None,
                    help="processes decoding images while the model runs (default: one per CPU core when there is "
                         "more than one batch)")
     p.add_argument("--save-vis", default=None, metavar="PATH",
@@ -26,11 +27,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..data.classes import imagenet_classes, imagenet_synsets
-    from ..errors import InvalidOptionError
     from ..inference import inference_model
 
-    if args.topk < 1:
-        raise InvalidOptionError(f"--topk must be at least 1, got {args.topk}")
     if args.save_vis:
         from ..visualize import vis_paths
 
@@ -48,8 +46,6 @@ def run(args: argparse.Namespace) -> int:
         ]
         rows.append({"image": image, "model": model.name, "topk": top})
     if args.save_vis:
-        import sys
-
         from ..visualize import save_predictions
 
         for row, path in zip(rows, save_predictions(args.images, results, args.save_vis)):

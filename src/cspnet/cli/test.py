@@ -13,7 +13,7 @@ import json
 import time
 from pathlib import Path
 
-from . import add_cfg_options, add_launcher_arguments, add_source_arguments, use_local_rank, where
+from . import add_cfg_options, add_launcher_arguments, add_source_arguments, at_least, use_local_rank, where
 
 HELP = "evaluate a checkpoint on a config's test set (top-1/top-5), like mmpretrain's tools/test.py"
 
@@ -31,8 +31,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_launcher_arguments(p)
     p.add_argument("--skip-bad", action="store_true",
                    help="continue past unreadable or corrupt images; they are listed and left out of the metrics")
-    p.add_argument("--batch-size", type=int, default=None, help="images per process per step (default: the config's)")
-    p.add_argument("--num-workers", type=int, default=None,
+    p.add_argument("--batch-size", type=at_least(1), help="images per process per step (default: the config's)")
+    p.add_argument("--num-workers", type=at_least(0),
                    help="data loading processes per rank (default: the config's, at most the rank's share of the "
                         "CPU cores)")
     p.add_argument("--resize", choices=["auto", "loader", "device"], default="auto",
@@ -60,9 +60,6 @@ def run(args: argparse.Namespace) -> int:
 
     if args.output and Path(args.output).suffix.lower() in (".pkl", ".pickle"):
         raise InvalidOptionError(f"--output {args.output}: results are written as JSON; name the file *.json")
-    for name, least in (("batch_size", 1), ("num_workers", 0)):
-        if getattr(args, name) is not None and getattr(args, name) < least:
-            raise InvalidOptionError(f"--{name.replace('_', '-')} must be at least {least}, got {getattr(args, name)}")
     use_local_rank(args)
     spec = eval_spec(load_config(args.config, args.cfg_options))
     dist = init_distributed(args.launcher, args.device)

@@ -9,6 +9,7 @@ to ``--work-dir`` (default ``work_dirs/<config name>``). Exit status: 0 done, 2 
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 
 from . import add_cfg_options, add_launcher_arguments, add_source_arguments, use_local_rank, where
@@ -43,15 +44,11 @@ def spec_from_args(args: argparse.Namespace):
     that the resolved config a run saves records them (as mmpretrain's tools/train.py does)."""
     from ..config import load_config, parse_cfg_options, train_spec
 
-    options = parse_cfg_options(args.cfg_options)
-    if args.amp:
-        options.update({"optim_wrapper.type": "AmpOptimWrapper"})
-    for flag, key, value in ((args.auto_scale_lr, "auto_scale_lr.enable", True), (args.seed is not None,
-                             "randomness.seed", args.seed), (args.deterministic, "randomness.deterministic", True),
-                             (args.work_dir, "work_dir", args.work_dir), (args.launcher != "none", "launcher",
-                             args.launcher)):
-        if flag:
-            options[key] = value
+    switches = {"optim_wrapper.type": "AmpOptimWrapper" if args.amp else None,  # None: the switch is not given
+                "auto_scale_lr.enable": args.auto_scale_lr or None, "randomness.seed": args.seed,
+                "randomness.deterministic": args.deterministic or None, "work_dir": args.work_dir,
+                "launcher": None if args.launcher == "none" else args.launcher}
+    options = {**parse_cfg_options(args.cfg_options), **{k: v for k, v in switches.items() if v is not None}}
     cfg = load_config(args.config, options)
     if not cfg.get("work_dir"):
         cfg["work_dir"] = str(Path("work_dirs") / Path(args.config).stem)
@@ -69,8 +66,6 @@ def resume_path(args: argparse.Namespace, spec) -> Path | None:
             return Path(spec.load_from)  # mmengine: resume=True resumes from load_from when it is set
         latest = find_latest(spec.work_dir)
         if latest is None:
-            import logging
-
             logging.getLogger("cspnet").warning("--resume: no checkpoint in %s; starting a new run", spec.work_dir)
         return latest
     return None

@@ -32,8 +32,8 @@ from typing import Any, Iterable, Mapping, Sequence
 from .._io import atomic_write
 from ..errors import ConfigError
 
-# ----------------------------------------------------------------------------------------------------------------
-# Schema. A schema is a dict of known keys; each value is the schema of that key's value: ``ANY`` (any value: the
+# --- Schema --------------------------------------------------------------------------------------------------------
+# A schema is a dict of known keys; each value is the schema of that key's value: ``ANY`` (any value: the
 # spec that reads it checks it), a nested dict, ``Items(schema)`` (a list of such values; a single one is accepted
 # too), ``Typed({type_name: schema})`` (a dict whose allowed keys depend on its ``type``), ``Fixed`` or ``Variable``.
 
@@ -73,10 +73,7 @@ class Variable:
     target: str
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Config object
-
-
+# --- Config object -------------------------------------------------------------------------------------------------
 class Config(dict):
     """A plain nested dict with attribute access (``cfg.model.backbone.depth``) and a pretty dump.
 
@@ -131,14 +128,12 @@ def _unwrap(v: Any) -> Any:
     return {k: _unwrap(x) for k, x in v.items()} if isinstance(v, dict) else v
 
 
-def _suggest(name: str, known: Iterable[str]) -> str:
+def _suggest(name: str, known: Iterable[str], prefix: str = "") -> str:
     close = difflib.get_close_matches(str(name), [str(k) for k in known], n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    return f" (did you mean {prefix + close[0]!r}?)" if close else ""
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Reading files, _base_ inheritance, merging
-
+# --- Reading files, _base_ inheritance, merging ---------------------------------------------------------------------
 _PLAIN = (dict, list, tuple, str, int, float, bool, type(None))
 
 
@@ -157,15 +152,11 @@ def _exec_file(path: Path) -> dict:
         raise ConfigError(f"config {str(path)!r} failed to run: {type(e).__name__}: {e}") from None
     out = {}
     for k, v in namespace.items():
-        if k.startswith("__") or isinstance(v, (types.ModuleType, types.FunctionType, type)):
-            continue
-        if k.startswith("_") and k != "_base_":
+        if k.startswith("_") and k != "_base_" or isinstance(v, (types.ModuleType, types.FunctionType, type)):
             continue
         if not _is_plain(v):
-            raise ConfigError(
-                f"config {str(path)!r}: {k} holds a {type(v).__name__}; configs may only hold dicts, lists, tuples, "
-                f"strings, numbers, booleans and None"
-            )
+            raise ConfigError(f"config {str(path)!r}: {k} holds a {type(v).__name__}; configs may only hold dicts, "
+                              f"lists, tuples, strings, numbers, booleans and None")
         out[k] = copy.deepcopy(v)
     return out
 
@@ -179,10 +170,8 @@ def _is_plain(v: Any) -> bool:
 
 
 def merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict:
-    """Recursive merge: dicts merge key by key, anything else in ``override`` replaces. Returns a new dict.
-
-    A dict in ``override`` holding ``_delete_=True`` replaces the value in ``base`` instead of merging into it.
-    """
+    """A new dict: dicts merge key by key, anything else in ``override`` replaces; a dict in ``override`` holding
+    ``_delete_=True`` replaces the value in ``base`` instead of merging into it."""
     out = copy.deepcopy(dict(base))
     for k, v in override.items():
         if isinstance(v, Mapping):
@@ -208,12 +197,10 @@ def _strip_delete(v: Any) -> Any:
 def _read_with_bases(path: Path, chain: tuple[Path, ...] = ()) -> dict:
     path = path.resolve()
     if path in chain:
-        cycle = " -> ".join(str(p) for p in (*chain, path))
-        raise ConfigError(f"config _base_ cycle: {cycle}")
+        raise ConfigError("config _base_ cycle: " + " -> ".join(str(p) for p in (*chain, path)))
     own = _exec_file(path)
     bases = own.pop("_base_", [])
-    if isinstance(bases, str):
-        bases = [bases]
+    bases = [bases] if isinstance(bases, str) else bases
     if not isinstance(bases, (list, tuple)) or not all(isinstance(b, str) for b in bases):
         raise ConfigError(f"config {str(path)!r}: _base_ must be a path or a list of paths, got {bases!r}")
     merged: dict = {}
@@ -225,21 +212,15 @@ def _read_with_bases(path: Path, chain: tuple[Path, ...] = ()) -> dict:
         values = _read_with_bases(bpath, (*chain, path))
         for k in values:
             if k in merged:
-                raise ConfigError(
-                    f"config {str(path)!r}: key {k!r} is defined by two _base_ files ({str(origin[k])!r} and "
-                    f"{str(bpath)!r}); define it in one of them, or in {path.name} itself"
-                )
+                raise ConfigError(f"config {str(path)!r}: key {k!r} is defined by two _base_ files ({str(origin[k])!r} "
+                                  f"and {str(bpath)!r}); define it in one of them, or in {path.name} itself")
             origin[k] = bpath
         merged.update(values)
     return merge(merged, own)
 
 
-def load_config(
-    path: str | os.PathLike,
-    cfg_options: Sequence[str] | Mapping[str, Any] | None = None,
-    *,
-    schema: Mapping[str, Any] | None = None,
-) -> Config:
+def load_config(path: str | os.PathLike, cfg_options: Sequence[str] | Mapping[str, Any] | None = None, *,
+                schema: Mapping[str, Any] | None = None) -> Config:
     """Read a config file with its ``_base_`` files, apply overrides, check every key.
 
     Args:
@@ -275,10 +256,7 @@ def load_config(
     return Config(values, filename=str(path))
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# --cfg-options
-
-
+# --- --cfg-options -------------------------------------------------------------------------------------------------
 def parse_cfg_options(options: Sequence[str]) -> dict[str, Any]:
     """``["a.b=1", "c=[x,y]", "d=x,y"]`` -> ``{"a.b": 1, "c": ["x", "y"], "d": ["x", "y"]}`` (mmengine's rules).
 
@@ -307,7 +285,7 @@ def parse_value(raw: str) -> Any:
         pass
     if raw.lower() in _WORDS:
         return _WORDS[raw.lower()]
-    if raw.lower().lstrip("+-") in ("nan", "inf"):
+    if raw.lower().lstrip("+-") in ("nan", "inf"):  # literal_eval does not read them
         return float(raw)
     if len(raw) >= 2 and (raw[0], raw[-1]) in (("[", "]"), ("(", ")")):
         items = [parse_value(p.strip()) for p in _split_top_level(raw[1:-1]) if p.strip()]
@@ -341,52 +319,36 @@ def _set_by_path(values: dict, key: str, value: Any) -> None:
     node: Any = values
     parts = key.split(".")
     for depth, part in enumerate(parts):
-        last = depth == len(parts) - 1
-        where = ".".join(parts[: depth + 1])
+        parent = ".".join(parts[:depth])
         if isinstance(node, (list, tuple)):
             if not re.fullmatch(r"-?\d+", part) or not -len(node) <= int(part) < len(node):
-                raise ConfigError(
-                    f"--cfg-options {key}: {'.'.join(parts[:depth]) or 'the value'} is a list of {len(node)} items; "
-                    f"{part!r} is not an index in it"
-                )
+                raise ConfigError(f"--cfg-options {key}: {parent or 'the value'} is a list of {len(node)} items; "
+                                  f"{part!r} is not an index in it")
             if isinstance(node, tuple):
-                raise ConfigError(f"--cfg-options {key}: {'.'.join(parts[:depth])} is a tuple; replace it whole")
-            if last:
-                node[int(part)] = value
-            else:
-                node = node[int(part)]
-        elif isinstance(node, dict):
-            if last:
-                node[part] = value
-            else:
-                if part not in node or node[part] is None:
-                    node[part] = {}
-                node = node[part]
+                raise ConfigError(f"--cfg-options {key}: {parent} is a tuple; replace it whole")
+            part = int(part)
+        elif not isinstance(node, dict):
+            raise ConfigError(f"--cfg-options {key}: {parent} is a {type(node).__name__}, not a dict or list; cannot "
+                              f"set {'.'.join(parts[:depth + 1])}")
+        elif depth < len(parts) - 1 and node.get(part) is None:
+            node[part] = {}
+        if depth == len(parts) - 1:
+            node[part] = value
         else:
-            raise ConfigError(
-                f"--cfg-options {key}: {'.'.join(parts[:depth])} is a {type(node).__name__}, not a dict or list; "
-                f"cannot set {where}"
-            )
+            node = node[part]
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Validation
-
-
-def validate(values: Mapping[str, Any], schema: Mapping[str, Any], where: str = "config") -> None:
-    """Check every key of ``values`` against ``schema``.
+# --- Validation ----------------------------------------------------------------------------------------------------
+def validate(value: Any, schema: Any, where: str = "config", path: str = "") -> None:
+    """Check every key of ``value`` (found at ``path``) against ``schema``.
 
     Raises:
         ConfigError: ``"{where}: unknown key 'model.backbone.dpeth' (did you mean 'model.backbone.depth'?)"``.
     """
-    _check(values, schema, "", where)
-
-
-def _check(value: Any, schema: Any, path: str, where: str) -> None:
     if schema is ANY or value is None:
         return
     if isinstance(schema, Variable):
-        return _check(value, schema.schema, path, where)
+        return validate(value, schema.schema, where, path)
     if isinstance(schema, Fixed):
         if value not in schema.values:
             allowed = " or ".join(repr(v) for v in schema.values)
@@ -394,27 +356,20 @@ def _check(value: Any, schema: Any, path: str, where: str) -> None:
         return
     if isinstance(schema, Items):
         for i, item in enumerate(value if isinstance(value, (list, tuple)) else [value]):
-            _check(item, schema.schema, f"{path}.{i}" if isinstance(value, (list, tuple)) else path, where)
+            validate(item, schema.schema, where, f"{path}.{i}" if isinstance(value, (list, tuple)) else path)
         return
     if not isinstance(value, Mapping):
         raise ConfigError(f"{where}: {path or 'the config'} must be a dict, got {type(value).__name__} {value!r}")
     if isinstance(schema, Typed):
         kind = value.get("type")
         if kind not in schema.schemas:
-            raise ConfigError(
-                f"{where}: {path}.type={kind!r} is not supported{_suggest(str(kind), schema.schemas)}; "
-                f"supported: {', '.join(schema.schemas)}"
-            )
+            raise ConfigError(f"{where}: {path}.type={kind!r} is not supported{_suggest(str(kind), schema.schemas)}; "
+                              f"supported: {', '.join(schema.schemas)}")
         schema = schema.schemas[kind]
     for k, v in value.items():
         key_path = f"{path}.{k}" if path else k
         if k not in schema:
-            raise ConfigError(f"{where}: unknown key {key_path!r}{_suggest_path(path, k, schema)}")
-        _check(v, schema[k], key_path, where)
-
-
-def _suggest_path(path: str, key: str, schema: Mapping[str, Any]) -> str:
-    close = difflib.get_close_matches(key, [k for k in schema if k != "_delete_"], n=1, cutoff=0.6)
-    if not close:
-        return f"; known keys here: {', '.join(k for k in schema if k != '_delete_')}"
-    return f" (did you mean {(path + '.' if path else '') + close[0]!r}?)"
+            known = [key for key in schema if key != "_delete_"]
+            hint = _suggest(k, known, path + "." if path else "") or f"; known keys here: {', '.join(known)}"
+            raise ConfigError(f"{where}: unknown key {key_path!r}{hint}")
+        validate(v, schema[k], where, key_path)

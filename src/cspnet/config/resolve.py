@@ -43,9 +43,12 @@ def _kind(name: str, ok: Callable[[Any], bool], convert: Callable[[Any], Any] = 
     return check
 
 
+def _is_int(v: Any, least: int | None = None) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and (least is None or v >= least)
+
+
 def integer(least: int | None = None) -> Check:
-    return _kind(f"an integer >= {least}" if least is not None else "an integer",
-                 lambda v: isinstance(v, int) and not isinstance(v, bool) and (least is None or v >= least))
+    return _kind(f"an integer >= {least}" if least is not None else "an integer", lambda v: _is_int(v, least))
 
 
 def number(ok: Callable[[float], bool] = lambda v: True, name: str = "a number") -> Check:
@@ -56,11 +59,13 @@ def choice(*values: str) -> Check:
     return _kind(" or ".join(map(repr, values)), lambda v: v in values)
 
 
+def _one_or_many(v: Any) -> tuple:
+    return tuple(v) if isinstance(v, (list, tuple)) else (v,)
+
+
 def ints(least: int = 1) -> Check:
     """One integer or several, as a tuple."""
-    return _kind(f"integers >= {least}", lambda v: all(isinstance(k, int) and not isinstance(k, bool) and k >= least
-                 for k in ((v,) if isinstance(v, int) else v)) if isinstance(v, (int, list, tuple)) else False,
-                 lambda v: (v,) if isinstance(v, int) else tuple(v))
+    return _kind(f"integers >= {least}", lambda v: all(_is_int(k, least) for k in _one_or_many(v)), _one_or_many)
 
 
 boolean = _kind("True or False", lambda v: isinstance(v, bool))
@@ -214,11 +219,10 @@ def model_spec(cfg: Mapping, pipeline: str = "test") -> ModelSpec:
 
 def _classes(cfg: Mapping, which: str) -> tuple[str, ...] | None:
     """Class names the config states: the dataset's ``classes`` (not a file), or ImageNet's."""
-    ds = _section(cfg, f"{which}_dataloader.dataset")
-    if ds.get("type", "ImageNet") == "ImageNet":
+    data = data_spec(cfg, which)
+    if data.kind == "ImageNet":
         return imagenet_classes()
-    classes = ds.get("classes") or _section(cfg, f"{which}_dataloader.dataset.metainfo").get("classes")
-    return tuple(str(c) for c in classes) if isinstance(classes, (list, tuple)) else None
+    return data.classes if isinstance(data.classes, tuple) else None
 
 
 # --- Pipelines: EvalPreset (val/test) and TrainPipeline (train) ----------------------------------------------------
@@ -344,13 +348,9 @@ _DATALOADER = join(keys(LoaderSpec), {
     "dataset": _DATASET})
 
 
-def _count(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
-
-
 # mmengine's dataset indices: the first N samples, or those
-_INDICES = _kind("a count or a list of indices >= 0", lambda v: _count(v) or isinstance(v, (list, tuple)) and all(
-    map(_count, v)), lambda v: v if isinstance(v, int) else tuple(v))
+_INDICES = _kind("a count or a list of indices >= 0", lambda v: all(_is_int(k, 0) for k in _one_or_many(v)),
+                 lambda v: v if isinstance(v, int) else tuple(v))
 
 
 def data_spec(cfg: Mapping, which: str) -> DataSpec:
@@ -365,7 +365,6 @@ def data_spec(cfg: Mapping, which: str) -> DataSpec:
     return DataSpec(ds.get("type", "ImageNet"), name("data_root", ""), name("split"), name("ann_file"),
                     prefix or None, tuple(map(str, classes)) if isinstance(classes, (list, tuple)) else classes,
                     _value(ds, "indices", where, None, _INDICES))
-
 
 
 def loader_spec(cfg: Mapping, which: str) -> LoaderSpec:
@@ -419,10 +418,6 @@ class Source:
 
 def _source(cfg: Config) -> Source:
     return Source(getattr(cfg, "filename", None) or "", cfg.pretty_text)
-
-
-_TTA = Fixed(({"type": "AverageClsScoreTTA"},), "test-time augmentation averages the softmax of the image and its "
-             "mirror (mmpretrain's default)")
 
 
 @dataclass(frozen=True)
@@ -622,9 +617,7 @@ _EMA_HOOK = {**_COMMON, **keys(EmaSpec), "ema_type": Fixed(("ExponentialMovingAv
 
 def ema_spec(cfg: Mapping) -> EmaSpec | None:
     hooks, ema = cfg.get("custom_hooks") or [], None
-    for i, hook in enumerate(hooks if isinstance(hooks, (list, tuple)) else [hooks]):
-        if not isinstance(hook, Mapping) or hook.get("type") != "EMAHook":
-            raise ConfigError(f"custom_hooks[{i}]={hook!r:.80}: only dict(type='EMAHook', ...) is supported")
+    for i, hook in enumerate(hooks if isinstance(hooks, (list, tuple)) else [hooks]):  # types: the schema's
         ema = read(EmaSpec, hook, f"custom_hooks[{i}].")
     return ema
 
@@ -646,16 +639,13 @@ class CheckpointPolicy:
 
 
 def _hook(kind: str, **more: Any) -> dict[str, Any]:
-    return {"type": Fixed((kind,), f"cspnet's trainer does what {kind} does, itself"), "_delete_": ANY,
-            **more}
+    return {**_type(kind, why=f"cspnet's trainer does what {kind} does, itself"), **more}
 
 
 @dataclass(frozen=True)
 class RuntimeSpec:
-    """Process-wide settings: ``env_cfg`` (``channels_last``, ``cudnn_benchmark``, ``dist_cfg.backend``: 'nccl' on
-    CUDA and gloo on CPU, or 'gloo' everywhere; timeout in s; ``mp_cfg.mp_start_method`` of the loader workers),
-    ``randomness`` (``seed``: None draws one, recorded; ``deterministic``; ``diff_rank_seed``), ``sync_bn``,
-    ``log_level``, ``default_hooks.logger.interval`` (iterations per log line)."""
+    """Process-wide settings, each named by its key. ``dist_backend`` 'nccl' means NCCL on CUDA and gloo on CPU;
+    ``seed`` None draws one (recorded in the checkpoints)."""
 
     channels_last: bool = setting("env_cfg.channels_last", False, boolean)
     cudnn_benchmark: bool = setting("env_cfg.cudnn_benchmark", False, boolean)
@@ -677,12 +667,9 @@ _LOAD_FROM = _kind("a path, a URL, True (the published weights) or None", lambda
 
 @dataclass(frozen=True)
 class TrainSpec:
-    """What ``cspnet train`` runs. ``model`` (eval preprocessing: the val pipeline), ``train``/``val`` data and
-    loaders (``val`` None: no validation), ``augment`` (the train pipeline), ``val_metrics``, ``val_fp16``
-    (``val_cfg.fp16``), the optimizer, the schedule (``param_scheduler``), the loss, the EMA (or None),
-    ``train_cfg`` (``max_epochs``, ``val_interval``, ``val_begin``), checkpoints, runtime, ``auto_scale_lr``,
-    ``load_from`` (weights to start from: path, URL, True: the published ones), ``resume`` (True: from the latest
-    checkpoint of ``work_dir``) and ``launcher`` ('none' or 'pytorch')."""
+    """What ``cspnet train`` runs: the model (its eval preprocessing: the val pipeline), the data (``val`` None: no
+    validation), ``augment`` (the train pipeline) and the rest, each named by its key; ``load_from``: the weights to
+    start from (a path, a URL, True: the published ones)."""
 
     model: ModelSpec
     train: DataSpec
@@ -748,7 +735,8 @@ SCHEMA: dict[str, Any] = join(keys(TrainSpec), keys(RuntimeSpec), keys(EvalSpec)
                   "by_epoch": Fixed((True,), "epoch-based training (max_epochs)")},
     "val_cfg": {"_delete_": ANY, "type": Fixed(("ValLoop",), "cspnet's own validation")},
     "test_cfg": {"_delete_": ANY, "type": Fixed(("TestLoop",), "cspnet's own test loop")},
-    "tta_model": _TTA,
+    "tta_model": Fixed(({"type": "AverageClsScoreTTA"},), "test-time augmentation averages the softmax of the image "
+                       "and its mirror (mmpretrain's default)"),
     "default_scope": Fixed(("mmpretrain",), "cspnet reads mmpretrain's configs"),
     "default_hooks": {
         "timer": _hook("IterTimerHook"), "logger": _hook("LoggerHook"), "param_scheduler": _hook("ParamSchedulerHook"),

@@ -6,10 +6,9 @@
    label a synset-sorted index or a WordNet id, split on the last space (paths may contain spaces);
 2. folder per class, ``root/{split}/n01440764/*.JPEG``: the label is the synset's index among the 1000
    (:func:`cspnet.data.classes.imagenet_synsets`), not among the folders present, so a subset keeps its labels;
-3. the official flat folder ``root/{split}/ILSVRC2012_val_*.JPEG``, labelled by one of :data:`VAL_LABEL_FILES`
-   (or ``ann_file=``) found in ``root``, ``root/{split}`` or ``root/ILSVRC2012_devkit_t12/data``, matched by the
-   number in the image's name (so a subset works). The devkit's ILSVRC2012_IDs follow its ``meta.mat``, not the
-   sorted order; ``ilsvrc2012_id_synsets.txt`` ships that table.
+3. the official flat folder ``root/{split}/ILSVRC2012_val_*.JPEG``, labelled by one of :data:`VAL_LABEL_FILES` (or
+   ``ann_file=``) found in ``root``, ``root/{split}`` or ``root/ILSVRC2012_devkit_t12/data``, matched by the number
+   in the image's name (so a subset works).
 
 Images are the files with mmpretrain's extensions (:data:`IMG_EXTENSIONS`, any case), found recursively, sorted."""
 
@@ -74,12 +73,6 @@ class ImageDataset(Dataset):
 
 def is_image_file(name: str) -> bool:
     return name.lower().endswith(IMG_EXTENSIONS)
-
-
-def _list_images(folder: Path) -> list[str]:
-    """Every image under ``folder``, recursively, sorted (as mmpretrain's ``find_folders``/``get_samples``)."""
-    walk = os.walk(folder, followlinks=True)
-    return sorted(os.path.join(dirpath, f) for dirpath, _, files in walk for f in files if is_image_file(f))
 
 
 def _subfolders(folder: Path) -> list[str]:
@@ -187,7 +180,8 @@ def _folder_samples(image_dir: Path, folders: Sequence[str], class_index: dict[s
                            f"{', '.join(unknown[:5])}{', ...' if len(unknown) > 5 else ''})")
     samples = []
     for name in folders:
-        files = _list_images(image_dir / name)
+        walk = os.walk(image_dir / name, followlinks=True)  # recursively, sorted: mmpretrain's get_samples
+        files = sorted(os.path.join(folder, f) for folder, _, filenames in walk for f in filenames if is_image_file(f))
         if not files:
             log.warning("class folder %s holds no images", image_dir / name)
         samples += [(f, class_index[name]) for f in files]
@@ -244,12 +238,11 @@ def imagenet_dataset(root: str | os.PathLike = "data/imagenet", split: str = "va
             if c.is_file():
                 samples, fmt = read_annotation_file(c, image_dir, len(classes), flat)
                 return ImageDataset(samples, names, str(root), f"flat folder + {fmt}", str(image_dir), transform)
-        raise DatasetError(
-            f"{str(image_dir)!r} holds {len(flat)} images directly (the official flat validation folder?) but no "
-            f"labels were found: put ILSVRC2012_validation_ground_truth.txt (from the ILSVRC2012 devkit), "
-            f"LOC_val_solution.csv (Kaggle) or imagenet_2012_validation_synset_labels.txt in {str(root)!r}, "
-            f"or give ann_file= (config: test_dataloader.dataset.ann_file)"
-        )
+        raise DatasetError(f"{str(image_dir)!r} holds {len(flat)} images directly (the official flat validation "
+                           f"folder?) but no labels were found: put ILSVRC2012_validation_ground_truth.txt (from the "
+                           f"ILSVRC2012 devkit), LOC_val_solution.csv (Kaggle) or "
+                           f"imagenet_2012_validation_synset_labels.txt in {str(root)!r}, or give ann_file= (config: "
+                           f"test_dataloader.dataset.ann_file)")
     found = ("holds neither class folders nor images" if exists
              else "no such folder (class folders or flat validation images)")
     raise DatasetError(f"no ImageNet layout found under {str(root)!r}. Tried:\n  - annotation file {ann}: not found\n"
@@ -264,8 +257,9 @@ def _read_classes(classes: Sequence[str] | str | os.PathLike, root: Path) -> lis
         names = [line.strip() for line in _read_lines(path) if line.strip()]
     else:
         names = [str(c) for c in classes]
-    if len(set(names)) != len(names):
-        raise DatasetError("class names must be unique; duplicates: " + ", ".join(sorted({n for n in names if names.count(n) > 1})))
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise DatasetError("class names must be unique; duplicates: " + ", ".join(duplicates))
     if not names:
         raise DatasetError("the class list is empty")
     return names
@@ -322,7 +316,8 @@ class DataSpec:
     def build(self, transform: Callable[[str], Any] | None = None) -> ImageDataset:
         if self.kind == "ImageNet":
             if self.classes is not None:
-                raise DatasetError("type='ImageNet' has the 1000 ImageNet classes; for your own use type='CustomDataset'")
+                raise DatasetError("type='ImageNet' has the 1000 ImageNet classes; for your own use "
+                                   "type='CustomDataset'")
             ds = imagenet_dataset(self.root, self.split or "val", transform, self.ann_file, self.data_prefix)
         elif self.kind == "CustomDataset":
             ds = custom_dataset(self.root, self.data_prefix or self.split, self.ann_file, self.classes, transform)

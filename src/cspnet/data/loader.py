@@ -9,26 +9,11 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 
 from ..errors import ImageError, InvalidOptionError
 from .resample import FILTERS, DecodeForResize, DeviceResize
 from .transforms import EvalPreset, EvalTransform
-
-
-class ShardSampler(Sampler[int]):
-    """Rank ``rank`` of ``world_size`` takes ``rank, rank + world_size, ...``: every index once, no padding."""
-
-    def __init__(self, num_samples: int, rank: int = 0, world_size: int = 1):
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} is not in 0..{world_size - 1}")
-        self.indices = range(rank, num_samples, world_size)
-
-    def __iter__(self):
-        return iter(self.indices)
-
-    def __len__(self) -> int:
-        return len(self.indices)
 
 
 class Indexed(Dataset):
@@ -59,7 +44,7 @@ def collate_indexed(batch: Sequence[tuple[int, Any, int, str | None]]):
     images = None
     if good:
         # uint8 crops are stacked; items with a ``collate`` of their own (decoded images for the resize on the
-        # device, cspnet.data.resample) pack themselves; others (encoded JPEGs for nvJPEG, cspnet.fast) stay a list
+        # device, cspnet.data.resample) pack themselves; others (encoded JPEGs for nvJPEG, .gpu_decode) stay a list
         items = [b[1] for b in good]
         pack = getattr(type(items[0]), "collate", None)
         images = torch.stack(items) if isinstance(items[0], torch.Tensor) else pack(items) if pack else items
@@ -88,7 +73,9 @@ def build_eval_loader(dataset: Dataset, batch_size: int = 32, num_workers: int |
     workers = worker_count(num_workers)
     return DataLoader(
         Indexed(dataset), batch_size=batch_size, num_workers=workers, collate_fn=collate_indexed,
-        sampler=ShardSampler(len(dataset), rank, world_size),  # type: ignore[arg-type]
+        # rank r of W takes r, r + W, r + 2W, ...: every index once, in order, no padding (a padded sampler would
+        # count some images twice: pytorch/pytorch#25162)
+        sampler=range(rank, len(dataset), world_size),  # type: ignore[arg-type]
         pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
         persistent_workers=persistent_workers and workers > 0, prefetch_factor=prefetch_factor if workers > 0 else None,
     )

@@ -47,8 +47,7 @@ def _bicubic(x: np.ndarray) -> np.ndarray:
 def _sinc(x: float) -> float:
     if x == 0.0:
         return 1.0
-    x = x * math.pi
-    return math.sin(x) / x  # the C library's sin, as Pillow's: NumPy's vectorised sin may differ in the last bit
+    return math.sin(x * math.pi) / (x * math.pi)  # the C library's sin, as Pillow's: NumPy's may differ in the last bit
 
 
 def _lanczos(x: np.ndarray) -> np.ndarray:
@@ -69,13 +68,9 @@ def check_device_resize(preset: EvalPreset) -> None:
 @functools.lru_cache(maxsize=1024)  # ImageNet's common edges (500, 375, 333, ...) stay; ~15 MB at most per worker
 def pillow_taps(in_size: int, out_size: int, interpolation: str) -> tuple[np.ndarray, np.ndarray]:
     """Pillow's weights for resizing one axis from ``in_size`` to ``out_size`` pixels (``precompute_coeffs`` and
-    ``normalize_coeffs_8bpc``).
-
-    Returns:
-        ``start`` int64 ``(out_size,)``: the first source pixel of each output pixel, and ``weights`` int32
-        ``(out_size, K)``: its fixed-point weights for source pixels ``start .. start + K - 1`` (zero past the
-        image's edge). ``K`` is Pillow's ``ksize`` for this scale. Read-only (cached).
-    """
+    ``normalize_coeffs_8bpc``). Returns ``start`` int64 ``(out_size,)``: the first source pixel of each output pixel,
+    and ``weights`` int32 ``(out_size, K)``: its fixed-point weights for source pixels ``start .. start + K - 1``
+    (zero past the image's edge). ``K`` is Pillow's ``ksize`` for this scale. Read-only (cached)."""
     filt, base_support = FILTERS[interpolation]
     scale = in_size / out_size
     filterscale = max(scale, 1.0)  # shrinking widens the filter (antialiasing); enlarging does not narrow it
@@ -195,14 +190,12 @@ class ResizeBatch(NamedTuple):
                    ) -> "ResizeBatch":
         """``pixels`` ``(sum of H*W, 3)`` uint8 (any device), each image's ``(H, W)`` and :class:`CropTaps`."""
         k = max(max(t.v_weights.shape[1], t.h_weights.shape[1]) for t in taps)
-        return cls(
-            pixels, torch.tensor([tuple(s) for s in shapes], dtype=torch.int64),
-            torch.from_numpy(np.stack([t.v_start for t in taps])), _pad_stack([t.v_weights for t in taps], k),
-            torch.tensor([t.v_weights.shape[1] for t in taps]),
-            torch.from_numpy(np.stack([t.h_start for t in taps])), _pad_stack([t.h_weights for t in taps], k),
-            torch.tensor([t.h_weights.shape[1] for t in taps]),
-            torch.tensor([t.vertical_first for t in taps], dtype=torch.bool),
-        )
+        return cls(pixels, torch.tensor([tuple(s) for s in shapes], dtype=torch.int64),
+                   torch.from_numpy(np.stack([t.v_start for t in taps])), _pad_stack([t.v_weights for t in taps], k),
+                   torch.tensor([t.v_weights.shape[1] for t in taps]),
+                   torch.from_numpy(np.stack([t.h_start for t in taps])), _pad_stack([t.h_weights for t in taps], k),
+                   torch.tensor([t.h_weights.shape[1] for t in taps]),
+                   torch.tensor([t.vertical_first for t in taps], dtype=torch.bool))
 
 
 def _accumulate(source: torch.Tensor, first: torch.Tensor, step: torch.Tensor | int, weights: torch.Tensor,
@@ -213,8 +206,7 @@ def _accumulate(source: torch.Tensor, first: torch.Tensor, step: torch.Tensor | 
     distance between a line's neighbouring pixels in ``source``; ``weights`` int32 ``(N, crop, K)`` per image and
     ``owner`` int64 ``(G,)`` the image of each line; ``taps`` ``(G,)`` (CPU) the taps each line needs, in
     decreasing order, so that tap ``k`` runs on the leading lines that have it only (one huge image in a batch
-    does not widen every image's filter). Returns ``(G, crop, *pixel)`` uint8.
-    """
+    does not widen every image's filter). Returns ``(G, crop, *pixel)`` uint8."""
     acc = torch.full((*first.shape, *source.shape[1:]), 1 << (PRECISION_BITS - 1), dtype=torch.int32,
                      device=source.device)
     shape = (-1, first.shape[1], *source.shape[1:])

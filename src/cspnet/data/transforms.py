@@ -74,7 +74,8 @@ def load_image(image: ImageLike) -> Image.Image:
         raise ImageError(f"image {str(path)!r} declares too many pixels ({e}); refusing to decode it (a decompression "
                          "bomb?)") from None
     except UnidentifiedImageError:
-        raise ImageError(f"{str(path)!r} is not an image Pillow can read (corrupt, empty or another file type)") from None
+        raise ImageError(f"{str(path)!r} is not an image Pillow can read (corrupt, empty or another file "
+                         "type)") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise ImageError(f"image {str(path)!r} is corrupt or truncated: {e}") from None
 

@@ -2,8 +2,7 @@
 
 ``torchrun --nproc-per-node N tools/test.py ... --launcher pytorch`` sets ``RANK``, ``WORLD_SIZE``,
 ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``; :func:`init_distributed` reads them. Every helper also works
-without a process group (one process: rank 0 of 1), so callers never branch on it.
-"""
+without a process group (one process: rank 0 of 1), so callers never branch on it."""
 
 from __future__ import annotations
 
@@ -20,11 +19,6 @@ import torch.distributed as dist
 from ..errors import CheckpointError, InvalidOptionError
 
 T = TypeVar("T")
-
-log = logging.getLogger("cspnet")
-
-_TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
-
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -60,7 +54,7 @@ def init_distributed(launcher: str = "none", device: str | torch.device | None =
         raise InvalidOptionError(f"--launcher {launcher!r}: choose 'none' or 'pytorch' (torchrun)")
     if launcher == "none":
         return DistInfo(0, 1, 0, default_device(device))
-    missing = [v for v in _TORCHRUN_VARS if v not in os.environ]
+    missing = [v for v in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT") if v not in os.environ]
     if missing:
         raise InvalidOptionError(f"--launcher pytorch needs the environment torchrun sets ({', '.join(missing)} "
                                  f"missing): run `torchrun --nproc-per-node N {os.path.basename(sys.argv[0])} ... "

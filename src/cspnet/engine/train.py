@@ -3,12 +3,9 @@ under torchrun): :func:`fit` builds the run (:func:`setup_run`), then alternates
 :func:`validate`, writing a checkpoint after each epoch (:mod:`cspnet.engine.checkpoint`). Resuming is exact: the
 data order comes from a sampler seeded by ``(seed, epoch)``, each image's augmentation from a generator seeded by
 ``(seed, epoch, index)``, the learning rate is a function of the global step, and the checkpoint holds every RNG
-state; a run interrupted mid-epoch continues at the next batch.
-
-Faults: a non-finite loss stops the run before the optimizer step (the last checkpoint stays the last good one);
-SIGTERM/SIGINT write ``iter_<step>.pth`` at the next step boundary, then exit with 128 + the signal number. Under
-DDP both are agreed on by every rank through one small all-reduce per step, so all ranks stop at the same step.
-"""
+state; a run interrupted mid-epoch continues at the next batch. Faults (README, "Faults"): a non-finite loss stops
+the run before the optimizer step; SIGTERM/SIGINT write ``iter_<step>.pth`` at the next step boundary, then exit
+with 128 + the signal number; every DDP rank agrees on both through one small all-reduce per step."""
 
 from __future__ import annotations
 
@@ -32,9 +29,9 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from .. import weights
-from .._io import atomic_path, atomic_write
+from .._io import atomic_write
 from .._version import __version__
-from ..config import TrainSpec
+from ..config import LossSpec, TrainSpec
 from ..data.loader import build_eval_loader, worker_count
 from ..data.train_transforms import TrainSampler, TrainSet, TrainTransform
 from ..data.transforms import EvalTransform
@@ -137,22 +134,17 @@ class _Window:
 
 
 def _log_train(run: TrainRun, epoch: int, i: int, iters: int, lr: float, window: _Window) -> None:
-    elapsed = time.perf_counter() - run.t_start
     left = (run.spec.max_epochs - epoch - 1) * iters + (iters - i - 1)
-    eta = elapsed / max(1, run.iters_this_run) * left
+    eta = (time.perf_counter() - run.t_start) / max(1, run.iters_this_run) * left
+    eta_hms = f"{int(eta) // 3600}:{int(eta) // 60 % 60:02d}:{int(eta) % 60:02d}"
     loss, img_s = window.loss / window.n, window.images / max(time.perf_counter() - window.start, 1e-9)
     acc = {f"acc/top{k}": round(100 * float(h) / window.seen, 4) for k, h in window.hits.items()}
     log.info("Epoch(train) [%d][%*d/%d]  lr: %.4e  eta: %s  loss: %.4f%s  img/s: %.1f  data_time: %.3f", epoch + 1,
-             len(str(iters)), i + 1, iters, lr, _hms(eta), loss, "".join(f"  {k}: {v:.2f}" for k, v in acc.items()),
+             len(str(iters)), i + 1, iters, lr, eta_hms, loss, "".join(f"  {k}: {v:.2f}" for k, v in acc.items()),
              img_s, window.data_time / window.n)
     _append_jsonl(run, {"mode": "train", "epoch": epoch + 1, "iter": i + 1, "iters": iters, "step": run.step,
                         "lr": lr, "loss": loss, **acc, "img_s": round(img_s, 2),
                         "data_time": round(window.data_time / window.n, 4), "eta_s": round(eta)})
-
-
-def _hms(seconds: float) -> str:
-    seconds = int(seconds)
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
 def _append_jsonl(run: TrainRun, record: dict) -> None:
@@ -161,18 +153,18 @@ def _append_jsonl(run: TrainRun, record: dict) -> None:
             f.write(json.dumps({**record, "time": round(time.time(), 3)}) + "\n")
 
 
-def _loss(run: TrainRun, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    loss = run.spec.loss
-    weight = torch.tensor(loss.class_weight, device=logits.device) if loss.class_weight else None
-    return loss.weight * F.cross_entropy(logits.float(), labels, weight=weight, reduction=loss.reduction,
-                                         label_smoothing=loss.label_smooth)
+def _loss(criterion: LossSpec, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``model.head.loss``: logits ``(N, C)`` (float32 for the softmax, whatever autocast gave), labels ``(N,)``."""
+    weight = torch.tensor(criterion.class_weight, device=logits.device) if criterion.class_weight else None
+    return criterion.weight * F.cross_entropy(logits.float(), labels, weight=weight, reduction=criterion.reduction,
+                                              label_smoothing=criterion.label_smooth)
 
 
 def train_one_epoch(run: TrainRun, epoch: int, start_iter: int = 0) -> bool:
     """Train ``epoch`` (0-based) from micro-batch ``start_iter``; returns whether a stop was requested (on any rank)
     during the epoch's last step. Raises :class:`Interrupted` after writing ``iter_<step>.pth`` on a stop request
     mid-epoch, and :class:`TrainingError` on a non-finite loss."""
-    device, accumulate, topk = run.dist.device, run.spec.optim.accumulate, run.spec.loss.topk
+    device, accumulate, criterion = run.dist.device, run.spec.optim.accumulate, run.spec.loss
     run.sampler.set_epoch(epoch, skip=start_iter * run.train_loader.batch_size)
     iters = start_iter + len(run.train_loader)
     run.net.train()
@@ -189,7 +181,7 @@ def train_one_epoch(run: TrainRun, epoch: int, start_iter: int = 0) -> bool:
         with (contextlib.nullcontext() if last or run.dist.world_size == 1 else run.net.no_sync()):
             with torch.autocast(device.type, dtype=run.amp or torch.float32, enabled=run.amp is not None):
                 logits = run.net(x)
-            loss = _loss(run, logits, labels)
+            loss = _loss(criterion, logits, labels)
             run.scaler.scale(loss / accumulate).backward()
         loss_value, stop = _sync_flags(run, loss, bool(run.stop.signum))
         if not math.isfinite(loss_value):
@@ -203,9 +195,9 @@ def train_one_epoch(run: TrainRun, epoch: int, start_iter: int = 0) -> bool:
                 run.ema.update(run.model, run.step, epoch)
         window.loss, window.n = window.loss + loss_value, window.n + 1
         window.images += x.shape[0] * run.dist.world_size
-        if topk:
-            ranked = logits.detach().topk(min(max(topk), logits.shape[1]), dim=1).indices == labels[:, None]
-            for k in topk:
+        if criterion.topk:
+            ranked = logits.detach().topk(min(max(criterion.topk), logits.shape[1]), dim=1).indices == labels[:, None]
+            for k in criterion.topk:
                 window.hits[k] = window.hits.get(k, 0) + ranked[:, :k].any(1).sum()
             window.seen += labels.shape[0]
         run.iters_this_run += 1
@@ -265,8 +257,7 @@ def validate(run: TrainRun, epoch: int) -> dict:
 def _state(run: TrainRun, epoch: int, iteration: int, rngs: list) -> dict:
     keep = run.spec.checkpoints.optimizer  # save_optimizer=False: weights and position only; not resumable
     return {
-        "model": run.model.state_dict(),
-        "optimizer": run.optimizer.state_dict() if keep else None,
+        "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict() if keep else None,
         "scaler": run.scaler.state_dict() if keep and run.scaler.is_enabled() else None,
         "ema": run.ema.module.state_dict() if run.ema is not None else None,
         "ema_steps": run.ema.steps if run.ema is not None else 0,
@@ -292,13 +283,10 @@ def _prune(run: TrainRun) -> None:
     """Drop interrupt checkpoints made obsolete by an epoch checkpoint, and epochs beyond ``max_keep_ckpts``."""
     if not run.dist.is_main:
         return
-    for path in run.work_dir.glob("iter_*.pth"):
-        path.unlink(missing_ok=True)
     keep = run.spec.checkpoints.max_keep
-    if keep > 0:
-        epochs = sorted(run.work_dir.glob("epoch_*.pth"), key=lambda p: int(p.stem.split("_")[1]))
-        for path in epochs[:-keep]:
-            path.unlink(missing_ok=True)
+    epochs = sorted(run.work_dir.glob("epoch_*.pth"), key=lambda p: int(p.stem.split("_")[1])) if keep > 0 else []
+    for path in [*run.work_dir.glob("iter_*.pth"), *epochs[:-keep]]:
+        path.unlink(missing_ok=True)
 
 
 def _resume(run: TrainRun, checkpoint: dict, path: Path) -> tuple[int, int]:
@@ -342,8 +330,7 @@ def _seed_everything(seed: int, rank: int, spec: TrainSpec) -> None:
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     if runtime.deterministic:
-        # cuBLAS needs this before its first call to be deterministic
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it before its first call
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
         torch.use_deterministic_algorithms(True, warn_only=True)
     else:
@@ -465,16 +452,14 @@ def fit(spec: TrainSpec, work_dir: str | os.PathLike | None = None, resume_from:
     saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
              torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
     try:
-        if dist.is_main:
-            work_dir.mkdir(parents=True, exist_ok=True)
-        setup_logging(dist.rank, spec.runtime.log_level, work_dir / "train.log")
+        setup_logging(dist.rank, spec.runtime.log_level, work_dir / "train.log")  # on rank 0, creates work_dir
         with StopRequest() as stop:
-            run, epoch, start_iter = setup_run(spec, work_dir, dist, Path(resume_from) if resume_from else None, stop, where)
+            resume = Path(resume_from) if resume_from else None
+            run, epoch, start_iter = setup_run(spec, work_dir, dist, resume, stop, where)
             if dist.is_main:
                 if resume_from:
                     _truncate_log(work_dir, run.step)
                 spec.source.dump(work_dir)
-            _log_start(run, epoch)
             return _fit_loop(run, epoch, start_iter)
     finally:
         torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
@@ -482,18 +467,14 @@ def fit(spec: TrainSpec, work_dir: str | os.PathLike | None = None, resume_from:
         destroy_distributed()
 
 
-def _log_start(run: TrainRun, epoch: int) -> None:
-    spec, batch = run.spec, run.train_loader.batch_size
+def _fit_loop(run: TrainRun, epoch: int, start_iter: int) -> dict:
+    spec, policy, batch = run.spec, run.spec.checkpoints, run.train_loader.batch_size
     log.info("training %s (%d classes) for %d epochs from epoch %d: %d process(es) x %d images x %d accumulation = "
              "%d per step, %d steps/epoch, lr %.4g, amp %s, channels_last %s, EMA %s, seed %d, work dir %s",
              spec.model.arch, run.model.num_classes, spec.max_epochs, epoch + 1, run.dist.world_size, batch,
              spec.optim.accumulate, batch * run.dist.world_size * spec.optim.accumulate, run.schedule.iters_per_epoch,
              run.optimizer.param_groups[0]["initial_lr"], run.amp or "off", spec.runtime.channels_last,
              f"momentum {spec.ema.momentum}" if spec.ema else "off", run.seed, run.work_dir)
-
-
-def _fit_loop(run: TrainRun, epoch: int, start_iter: int) -> dict:
-    spec, policy = run.spec, run.spec.checkpoints
     run.t_start = time.perf_counter()
     last: dict = {}
     for epoch in range(epoch, spec.max_epochs):
@@ -549,7 +530,6 @@ def plot_curves(log_path: str | os.PathLike, png_path: str | os.PathLike) -> Pat
     if val:
         ax2.legend()
     fig.tight_layout()
-    with atomic_path(png_path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
+    atomic_write(png_path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
     plt.close(fig)
     return Path(png_path)

@@ -32,9 +32,8 @@ class ClassifierHead(nn.Module):
 
 
 class ImageClassifier(nn.Module):
-    """A CSPNet classifier. ``model(x)``: ``(N, 3, H, W)`` float, normalised -> logits ``(N, num_classes)``.
-
-    The state dict holds ``backbone.*`` (timm's names) and ``head.fc.*``. Attributes set from its
+    """A CSPNet classifier. ``model(x)``: ``(N, 3, H, W)`` float, normalised -> logits ``(N, num_classes)``. The
+    state dict holds ``backbone.*`` (timm's names) and ``head.fc.*``. Attributes set from its
     :class:`~cspnet.models.ModelSpec` (:func:`cspnet.get_model`): ``name`` (the weights' or run's name),
     ``classes`` (class names or None) and ``transform`` (its eval preprocessing).
 

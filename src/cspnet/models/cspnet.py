@@ -7,8 +7,7 @@ under a ``backbone.`` prefix and mmpretrain's is a rename (see :mod:`cspnet.weig
 
 The three variants differ only in data: one :class:`CSPArch` each in :data:`ARCHS`, read by one generic
 :class:`CrossStage` and one :class:`CSPNet`. Known deviations from the original darknet CSPDarknet53: LeakyReLU with
-slope 0.01 (not darknet's 0.1 or Mish), and a stride-1 stem, as in timm, whose RA weights everyone uses.
-"""
+slope 0.01 (not darknet's 0.1 or Mish), and a stride-1 stem, as in timm, whose RA weights everyone uses."""
 
 from __future__ import annotations
 
@@ -27,9 +26,7 @@ from ..errors import InvalidOptionError
 LEAKY_SLOPE = 0.01
 
 
-# --------------------------------------------------------------------------------------------------------------
-# The architecture as data
-# --------------------------------------------------------------------------------------------------------------
+# -- The architecture as data ----------------------------------------------------------------------------------
 def _per_stage(value, n: int, name: str) -> tuple:
     """Broadcast a scalar to ``n`` stages, or check that a sequence has one value per stage."""
     if isinstance(value, (tuple, list)):
@@ -58,11 +55,9 @@ class StageSpec:
 
 @dataclass(frozen=True)
 class CSPArch:
-    """One CSP variant. Per-stage fields take a scalar (every stage) or one value per stage.
-
-    Channel arithmetic (as timm): ``exp = round(out * expand_ratio)``, ``block = round(out * block_ratio)``,
-    ``mid = round(block * bottle_ratio)``; blocks are residual without projection, so ``exp // 2 == block``.
-    """
+    """One CSP variant. Per-stage fields take a scalar (every stage) or one value per stage. Channel arithmetic
+    (as timm): ``exp = round(out * expand_ratio)``, ``block = round(out * block_ratio)``,
+    ``mid = round(block * bottle_ratio)``; blocks are residual without projection, so ``exp // 2 == block``."""
 
     name: str
     stem_chs: int
@@ -103,45 +98,28 @@ class CSPArch:
     def stages(self) -> list[StageSpec]:
         specs, in_chs = [], self.stem_chs
         for i, out_chs in enumerate(self.channels):
-            exp_chs = int(round(out_chs * self.expand_ratio[i]))
             block_chs = int(round(out_chs * self.block_ratio[i]))
-            specs.append(
-                StageSpec(
-                    in_chs=in_chs,
-                    out_chs=out_chs,
-                    depth=self.depths[i],
-                    stride=self.strides[i],
-                    groups=self.groups[i],
-                    exp_chs=exp_chs,
-                    block_chs=block_chs,
-                    mid_chs=int(round(block_chs * self.bottle_ratio[i])),
-                    cross_linear=self.cross_linear,
-                    down_chs=out_chs if self.down_growth else in_chs,
-                    block=self.block,
-                )
-            )
+            specs.append(StageSpec(
+                in_chs=in_chs, out_chs=out_chs, depth=self.depths[i], stride=self.strides[i], groups=self.groups[i],
+                exp_chs=int(round(out_chs * self.expand_ratio[i])), block_chs=block_chs,
+                mid_chs=int(round(block_chs * self.bottle_ratio[i])), cross_linear=self.cross_linear,
+                down_chs=out_chs if self.down_growth else in_chs, block=self.block))
             in_chs = out_chs
         return specs
 
 
-# --------------------------------------------------------------------------------------------------------------
-# Layers and blocks
-# --------------------------------------------------------------------------------------------------------------
+# -- Layers and blocks -----------------------------------------------------------------------------------------
 class ConvNormAct(nn.Sequential):
-    """Conv (no bias) -> BatchNorm -> LeakyReLU, with timm's child names ``conv``/``bn``/``act``.
-
+    """Conv (no bias) -> BatchNorm -> LeakyReLU, with timm's child names ``conv``/``bn``/``act``:
     ``(N, in_chs, H, W) -> (N, out_chs, ceil(H / stride), ceil(W / stride))``. Padding is PyTorch-symmetric
-    ``kernel // 2`` (not TF "SAME"), as in timm and mmcv.
-    """
+    ``kernel // 2`` (not TF "SAME"), as in timm and mmcv."""
 
     def __init__(self, in_chs: int, out_chs: int, kernel_size: int = 1, stride: int = 1, groups: int = 1, act: bool = True):
-        super().__init__(
-            OrderedDict(
-                conv=nn.Conv2d(in_chs, out_chs, kernel_size, stride, kernel_size // 2, groups=groups, bias=False),
-                bn=nn.BatchNorm2d(out_chs),  # eps 1e-5, momentum 0.1: the values of timm and mmcv
-                act=nn.LeakyReLU(LEAKY_SLOPE, inplace=True) if act else nn.Identity(),
-            )
-        )
+        super().__init__(OrderedDict(
+            conv=nn.Conv2d(in_chs, out_chs, kernel_size, stride, kernel_size // 2, groups=groups, bias=False),
+            bn=nn.BatchNorm2d(out_chs),  # eps 1e-5, momentum 0.1: the values of timm and mmcv
+            act=nn.LeakyReLU(LEAKY_SLOPE, inplace=True) if act else nn.Identity(),
+        ))
 
 
 class DropPath(nn.Module):
@@ -164,9 +142,7 @@ class DropPath(nn.Module):
 
 class DarkBlock(nn.Module):
     """Darknet residual: 1x1 (act) -> 3x3 (act) -> + x. No activation after the add (as timm and mmpretrain).
-
-    ``(N, C, H, W) -> (N, C, H, W)``.
-    """
+    ``(N, C, H, W) -> (N, C, H, W)``."""
 
     def __init__(self, chs: int, mid_chs: int, groups: int, drop_path: float):
         super().__init__()
@@ -183,9 +159,7 @@ class DarkBlock(nn.Module):
 
 class BottleneckBlock(nn.Module):
     """ResNet/ResNeXt bottleneck: 1x1 (act) -> 3x3 grouped (act) -> 1x1 (linear) -> + x -> act.
-
-    ``(N, C, H, W) -> (N, C, H, W)``.
-    """
+    ``(N, C, H, W) -> (N, C, H, W)``."""
 
     def __init__(self, chs: int, mid_chs: int, groups: int, drop_path: float):
         super().__init__()
@@ -215,10 +189,8 @@ class CrossStage(nn.Module):
 
     def __init__(self, spec: StageSpec, drop_path_rates: Sequence[float]):
         super().__init__()
-        if spec.stride != 1:
-            self.conv_down = ConvNormAct(spec.in_chs, spec.down_chs, 3, spec.stride, groups=spec.groups)
-        else:
-            self.conv_down = nn.Identity()
+        self.conv_down = (ConvNormAct(spec.in_chs, spec.down_chs, 3, spec.stride, groups=spec.groups)
+                          if spec.stride != 1 else nn.Identity())
         self.conv_exp = ConvNormAct(spec.down_chs, spec.exp_chs, 1, act=not spec.cross_linear)
         block = BLOCKS[spec.block]
         self.blocks = nn.Sequential(
@@ -235,9 +207,7 @@ class CrossStage(nn.Module):
         return self.conv_transition(torch.cat([xs, xb], dim=1))
 
 
-# --------------------------------------------------------------------------------------------------------------
-# The backbone
-# --------------------------------------------------------------------------------------------------------------
+# -- The backbone ----------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class FeatureInfo:
     """One stage output: its index (what ``out_indices`` names), module, channels and stride."""
@@ -255,10 +225,8 @@ def _resolve_out_indices(out_indices, num_stages: int) -> tuple[int, ...]:
     resolved = []
     for i in idx:
         if not isinstance(i, int) or isinstance(i, bool) or not -num_stages <= i < num_stages:
-            raise InvalidOptionError(
-                f"out_indices entry {i!r} is out of range: this backbone has {num_stages} stages, so use "
-                f"0..{num_stages - 1} (or -{num_stages}..-1)"
-            )
+            raise InvalidOptionError(f"out_indices entry {i!r} is out of range: this backbone has {num_stages} stages, "
+                                     f"so use 0..{num_stages - 1} (or -{num_stages}..-1)")
         resolved.append(i % num_stages)
     if len(set(resolved)) != len(resolved):
         raise InvalidOptionError(f"out_indices {idx} names a stage twice")
@@ -302,20 +270,15 @@ class CSPNet(nn.Module):
         self.out_indices = _resolve_out_indices(out_indices, n)
         self.frozen_stages = frozen_stages
         self.norm_eval = bool(norm_eval)
-
         stem = OrderedDict(conv1=ConvNormAct(in_chans, arch.stem_chs, arch.stem_kernel, arch.stem_stride))
         if arch.stem_pool:
             stem["pool"] = nn.MaxPool2d(3, 2, 1)
         self.stem = nn.Sequential(stem)
-
         specs = arch.stages()
         total = sum(arch.depths)  # rates rise linearly over all blocks (0 .. drop_path_rate), as timm/mmpretrain
         rates = [float(drop_path_rate) * j / max(total - 1, 1) for j in range(total)]
         starts = [sum(arch.depths[:i]) for i in range(n)]
-        self.stages = nn.Sequential(
-            *(CrossStage(s, rates[starts[i] : starts[i] + s.depth]) for i, s in enumerate(specs))
-        )
-
+        self.stages = nn.Sequential(*(CrossStage(s, rates[a : a + s.depth]) for a, s in zip(starts, specs)))
         stride, info = arch.stem_reduction, []
         for i, s in enumerate(specs):
             stride *= s.stride
@@ -349,13 +312,9 @@ class CSPNet(nn.Module):
         """Stride (input pixels per output pixel) of each output, in ``out_indices`` order."""
         return tuple(self.feature_info[i].stride for i in self.out_indices)
 
-    def _frozen_modules(self) -> list[nn.Module]:
-        if self.frozen_stages < 0:
-            return []
-        return [self.stem, *self.stages[: self.frozen_stages + 1]]
-
     def _freeze(self) -> None:
-        for m in self._frozen_modules():
+        frozen = [self.stem, *self.stages[: self.frozen_stages + 1]] if self.frozen_stages >= 0 else []
+        for m in frozen:
             m.eval()
             for p in m.parameters():
                 p.requires_grad_(False)
@@ -414,9 +373,7 @@ def param_shapes(arch: CSPArch, in_chans: int = 3) -> dict[str, tuple[int, ...]]
     return shapes
 
 
-# --------------------------------------------------------------------------------------------------------------
-# The architecture table
-# --------------------------------------------------------------------------------------------------------------
+# -- The architecture table ------------------------------------------------------------------------------------
 ARCHS: dict[str, CSPArch] = {
     a.name: a
     for a in (
@@ -469,10 +426,9 @@ ARCHS: dict[str, CSPArch] = {
 
 def get_arch(name: str) -> CSPArch:
     """Look up an architecture by name (``cspdarknet53``, ``cspresnet50``, ``cspresnext50``)."""
-    try:
-        return ARCHS[name]
-    except KeyError:
-        raise InvalidOptionError(f"unknown architecture {name!r}; choose from {sorted(ARCHS)}") from None
+    if name not in ARCHS:
+        raise InvalidOptionError(f"unknown architecture {name!r}; choose from {sorted(ARCHS)}")
+    return ARCHS[name]
 
 
 def replace_arch(arch: CSPArch, **changes) -> CSPArch:

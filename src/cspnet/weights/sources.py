@@ -1,13 +1,8 @@
-"""Where pretrained weights come from, and fetching them safely.
-
-For ``pretrained=True`` the :data:`SOURCES` are tried in order, the first that yields a file wins: weights folders
-(``weights_dir=``, ``$CSPNET_WEIGHTS_DIR``, ``os.pathsep``-separated), download caches (``cache_dir=``,
-``$CSPNET_CACHE``, ``$TORCH_HOME/hub/checkpoints``), a mirror (``mirror=``, ``$CSPNET_MIRROR``), the Hugging Face Hub
-(through its own cache and ``HF_*`` settings), the original URLs (the README's "Where the weights come from").
-Offline mode (``offline=True``, ``$CSPNET_OFFLINE=1`` or ``$HF_HUB_OFFLINE=1``) skips the network except the Hub's
-local cache. A file name carrying a hash (``name-<hex>.pth``) is checked against the sha256 of the bytes. Downloads
-are renamed into place only when complete and verified, so the cache never holds a partial or wrong file.
-"""
+"""Where pretrained weights come from, and fetching them safely. For ``pretrained=True`` the first of :data:`SOURCES`
+that yields a file wins (the README's "Where the weights come from"; ``$CSPNET_WEIGHTS_DIR`` is
+``os.pathsep``-separated). Offline mode (``offline=True``, ``$CSPNET_OFFLINE=1`` or ``$HF_HUB_OFFLINE=1``) skips the
+network except the Hub's local cache. A file name carrying a hash (``name-<hex>.pth``) is checked against the sha256
+of the bytes; downloads are renamed into place only when complete and verified (no partial or wrong file is cached)."""
 
 from __future__ import annotations
 
@@ -149,10 +144,8 @@ def local_names(weights_name: str, sources: Sequence[HubFile | UrlFile]) -> list
     """File names accepted in a weights folder for a checkpoint (relative paths)."""
     names = [f"{weights_name}.safetensors", f"{weights_name}.pth"]
     for s in sources:
-        if isinstance(s, UrlFile):
-            names.append(s.filename)
-        else:
-            names += [f"{s.repo_id}/{s.filename}", f"{s.repo_id.split('/')[-1]}/{s.filename}"]
+        names += ([s.filename] if isinstance(s, UrlFile)
+                  else [f"{s.repo_id}/{s.filename}", f"{s.repo_id.split('/')[-1]}/{s.filename}"])
     return list(dict.fromkeys(names))
 
 
@@ -175,8 +168,7 @@ class Search:
         self.cache = default_cache_dir(self.cache_dir)
         self.published = [s for s in self.sources if isinstance(s, UrlFile)]
         self.hub = [s for s in self.sources if isinstance(s, HubFile)]
-        # url_mapping=(pattern, replacement) rewrites the original URLs (mmpretrain's get_model(url_mapping=...))
-        mapping = self.url_mapping
+        mapping = self.url_mapping  # (pattern, replacement) rewrites the original URLs, as in mmpretrain's get_model
         self.urls = [replace(s, url=re.sub(*mapping, s.url)) for s in self.published] if mapping else self.published
 
 
@@ -229,8 +221,7 @@ def from_mirror(search: Search) -> Path | None:
 
 
 def from_hub(search: Search) -> Path | None:
-    # The cache folder is read here, at call time: huggingface_hub reads its environment once, at import.
-    home = os.environ.get("HF_HOME")
+    home = os.environ.get("HF_HOME")  # read at call time: huggingface_hub reads its environment once, at import
     cache = os.environ.get("HF_HUB_CACHE") or (str(Path(home) / "hub") if home else None)
     for s in search.hub:
         try:
@@ -267,13 +258,12 @@ def resolve(weights_name: str, sources: Sequence[HubFile | UrlFile], **where) ->
             return path
     lines = "\n".join(f"  - {t}" for t in search.tried)
     files = ", ".join(local_names(weights_name, sources))
-    raise WeightsNotFoundError(
-        f"no source could provide the weights of {weights_name}. Tried:\n{lines}\n"
-        f"To provide them: pass pretrained='/path/to/file' (any of the timm, mmpretrain or cspnet layouts), or put "
-        f"the file (named one of: {files}) in a folder given by weights_dir= or $CSPNET_WEIGHTS_DIR, or set "
-        f"$CSPNET_MIRROR to a server holding it, or fill the Hugging Face cache on a connected machine "
-        f"(`cspnet download {weights_name}`) and copy it over."
-    )
+    raise WeightsNotFoundError(f"no source could provide the weights of {weights_name}. Tried:\n{lines}\nTo provide "
+                               f"them: pass pretrained='/path/to/file' (any of the timm, mmpretrain or cspnet "
+                               f"layouts), or put the file (named one of: {files}) in a folder given by weights_dir= "
+                               f"or $CSPNET_WEIGHTS_DIR, or set $CSPNET_MIRROR to a server holding it, or fill the "
+                               f"Hugging Face cache on a connected machine (`cspnet download {weights_name}`) and "
+                               f"copy it over.")
 
 
 def is_url(s: str) -> bool:
