@@ -244,7 +244,8 @@ def main() -> int:
                    help="extra cspnet passes, with the last of --inputs")
     p.add_argument("--stages", action="store_true", help="also time each stage alone")
     p.add_argument("--quick", action="store_true", help="smoke run: 24 images, batch 8")
-    p.add_argument("--results", type=Path, default=common.RESULTS)
+    p.add_argument("--results", type=Path, default=None,
+                   help="the results file to update (default benchmarks/RESULTS.md; --quick: none)")
     p.add_argument("--section", default=None)
     p.add_argument("--timm-loop", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--checkpoint", default=None, help=argparse.SUPPRESS)
@@ -306,7 +307,7 @@ def main() -> int:
         print(common.table(["stage", "setting", "img/s"], srows))
     key = args.section or f"eval-{device.type}"
     title = f"End to end: tools/test.py over JPEGs on {'GPU: ' + info['gpu'] if gpu else 'CPU'}"
-    common.write_section(args.results, key, title, body)
+    common.write_section(args.results or (None if args.quick else common.RESULTS), key, title, body)
     return 0
 
 

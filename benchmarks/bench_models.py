@@ -229,7 +229,8 @@ def main() -> int:
     p.add_argument("--no-latency", dest="latency", action="store_false")
     p.add_argument("--no-memory", dest="memory", action="store_false", help="CPU: skip the peak-RSS subprocesses")
     p.add_argument("--quick", action="store_true", help="a smoke run: 128 px, batch 2, 2 rounds, no memory")
-    p.add_argument("--results", type=Path, default=common.RESULTS)
+    p.add_argument("--results", type=Path, default=None,
+                   help="the results file to update (default benchmarks/RESULTS.md; --quick: none)")
     p.add_argument("--section", default=None, help="RESULTS.md section key (default models-<device>-<dtype>)")
     p.add_argument("--json", type=Path, default=None, help="also write the figures as JSON here")
     p.add_argument("--probe", default=None, help=argparse.SUPPRESS)
@@ -275,7 +276,7 @@ def main() -> int:
     print("\n".join(lines))
     key = args.section or f"models-{device.type}-{args.dtype}"
     title = f"Models on {'GPU: ' + info['gpu'] if gpu else 'CPU'}, {args.dtype}, batch {args.batch_size}"
-    common.write_section(args.results, key, title, body)
+    common.write_section(args.results or (None if args.quick else common.RESULTS), key, title, body)
     if args.json:
         args.json.write_text(json.dumps(dict(machine=info, results=summaries), indent=1))
     return 0

@@ -145,9 +145,14 @@ def median_ratio(slow: list[float], fast: list[float]) -> float:
     return statistics.median(s / f for s, f in zip(slow, fast))
 
 
-def write_section(results: Path, key: str, title: str, body: str) -> None:
-    """Replace (or append) the section between ``<!-- key:start -->`` and ``<!-- key:end -->`` atomically."""
+def write_section(results: Path | None, key: str, title: str, body: str) -> None:
+    """Replace (or append) the section between ``<!-- key:start -->`` and ``<!-- key:end -->`` atomically; None (a
+    ``--quick`` smoke run without ``--results``) writes nothing, so a smoke run never replaces measured results."""
     from cspnet._io import atomic_write
+
+    if results is None:
+        print(f"section {key!r} not written (a --quick run; give --results FILE to keep it)")
+        return
 
     text = results.read_text(encoding="utf-8") if results.exists() else "# Benchmark results\n"
     block = f"<!-- {key}:start -->\n## {title}\n\n{body.rstrip()}\n<!-- {key}:end -->"
