@@ -178,3 +178,13 @@ def test_a_runtime_answering_nan_fails_the_check(tiny, tmp_path, monkeypatch):
     with pytest.raises(ExportError, match="differs from PyTorch by nan"):
         export_model(tiny, tmp_path / "x.onnx", image_size=64)
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_a_model_without_eval_preprocessing_exports_with_the_published_one_and_is_left_as_it_was(tiny_classifier,
+                                                                                                  tmp_path):
+    model = tiny_classifier("cspresnext50")
+    model.transform = None  # as ImageClassifier(...) built by hand
+    export_model(model, tmp_path / "m.pt", "torchscript", image_size=64, verify=False)
+    assert model.transform is None
+    prep = read_metadata(tmp_path / "m.pt")["preprocessing"]
+    assert (prep["resize_short_edge"], prep["center_crop"]) == (256, 224)  # cspresnext50's published eval

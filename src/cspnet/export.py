@@ -189,14 +189,14 @@ def export_model(model: ImageClassifier, path: str | os.PathLike, format: str = 
         raise InvalidOptionError(f"opset={opset}: the ONNX exporter writes opsets {OPSETS.start} to {OPSETS.stop - 1}")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise InvalidOptionError(f"batch_size={batch_size!r} must be a positive integer")
-    if model.transform is None and model.backbone.arch.name in ARCHS:  # no eval preprocessing: the published one
-        model.transform = get_transform(model.backbone.arch.name)
-    spec = ModelSpec.of(model)
+    arch = model.backbone.arch.name  # a model without eval preprocessing of its own: its architecture's published one
+    transform = model.transform or (get_transform(arch) if arch in ARCHS else None)
+    spec = ModelSpec.of(model, transform)
     hw = resolution(image_size if image_size is not None else spec.eval.crop, "image_size", minimum=32)
     # Export from the CPU (a copy when the model lives elsewhere): the file is then device-neutral, and the check
     # compares fp32 with fp32 (a CUDA reference runs TF32 convolutions, ~1e-2 away from any fp32 runtime).
     source = model if next(model.parameters()).device.type == "cpu" else copy.deepcopy(model).cpu()
-    net: nn.Module = WithPreprocessing(source, model.transform) if with_preprocessing else source
+    net: nn.Module = WithPreprocessing(source, transform) if with_preprocessing else source
     metadata = build_metadata(spec, format, hw, dynamic_batch, batch_size, with_preprocessing,
                               opset if format == "onnx" else None)
     batches = DYNAMIC_CHECK_BATCHES if dynamic_batch else (batch_size,)

@@ -85,12 +85,13 @@ class ModelSpec:
         return model
 
     @classmethod
-    def of(cls, model: ImageClassifier) -> "ModelSpec":
+    def of(cls, model: ImageClassifier, transform: Any = None) -> "ModelSpec":
         """The spec of a live classifier, read from the module itself (after any ``reset_classifier`` or
-        ``model.transform = ...``), so that nothing can go stale."""
+        ``model.transform = ...``), so that nothing can go stale; ``transform``: its eval preprocessing (an
+        ``EvalTransform``; default ``model.transform``)."""
         import inspect
-        backbone = model.backbone
-        if model.transform is None:
+        backbone, transform = model.backbone, transform or model.transform
+        if transform is None:
             raise InvalidOptionError(f"{getattr(model, 'name', 'the model')} has no eval preprocessing: set "
                                      f"model.transform = cspnet.get_transform(...) first")
         live = {"in_chans": backbone.stem.conv1.conv.in_channels, "out_indices": backbone.out_indices,
@@ -98,7 +99,7 @@ class ModelSpec:
         defaults = {k: p.default for k, p in inspect.signature(type(backbone)).parameters.items()}
         defaults["out_indices"] = (backbone.arch.num_stages - 1,)  # CSPNet's -1, resolved
         options = BackboneOptions(**{k: v for k, v in live.items() if v != defaults[k]})
-        return cls(backbone.arch.name, model.transform.preset, model.num_classes, model.classes, model.head.drop.p,
+        return cls(backbone.arch.name, transform.preset, model.num_classes, model.classes, model.head.drop.p,
                    options, getattr(model, "name", ""))
 
     def to_meta(self) -> dict[str, Any]:

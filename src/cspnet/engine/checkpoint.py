@@ -25,7 +25,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from .._io import atomic_path, atomic_write
+from .._io import atomic_write
 from ..errors import CheckpointError
 from ..spec import ModelSpec
 from ..weights.files import read_file
@@ -67,8 +67,7 @@ def save_checkpoint(state: Mapping[str, Any], path: str | os.PathLike) -> Path:
 
 def copy_checkpoint(src: Path, dst: Path) -> None:
     """Atomic copy (``best.pth``)."""
-    with atomic_path(dst) as tmp:
-        shutil.copyfile(src, tmp)
+    atomic_write(dst, lambda tmp: shutil.copyfile(src, tmp))
 
 
 def find_latest(work_dir: str | os.PathLike) -> Path | None:
@@ -98,10 +97,8 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     return dict(ckpt)
 
 
-def check_resumable(checkpoint: Mapping, spec: ModelSpec, path: str | os.PathLike,
-                    model: torch.nn.Module | None = None) -> None:
-    """Refuse a checkpoint of another architecture or class count, or without optimizer state (and, given
-    ``model``, one whose weights do not fit it) before anything is loaded."""
+def check_resumable(checkpoint: Mapping, spec: ModelSpec, path: str | os.PathLike) -> None:
+    """Refuse a checkpoint of another architecture or class count, or without optimizer state, before any build."""
     meta = checkpoint["meta"]
     held = ModelSpec.from_meta(meta.get("spec"), f"checkpoint {str(path)!r}") if isinstance(meta, Mapping) else None
     if held is None or (held.arch, held.num_classes) != (spec.arch, spec.num_classes):
@@ -112,9 +109,13 @@ def check_resumable(checkpoint: Mapping, spec: ModelSpec, path: str | os.PathLik
     if checkpoint["optimizer"] is None:
         raise CheckpointError(f"cannot resume from {str(path)!r}: it was saved without its optimizer state "
                               f"(default_hooks.checkpoint.save_optimizer=False); fine-tune from it with load_from")
-    if model is not None:
-        own = model.state_dict()
-        bad = [k for k, v in checkpoint["model"].items() if k not in own or tuple(own[k].shape) != tuple(v.shape)]
-        bad += [k for k in own if k not in checkpoint["model"]]
-        if bad:
-            raise CheckpointError(f"cannot resume from {str(path)!r}: its weights do not fit the model ({bad[:5]})")
+
+
+def load_model_state(model: torch.nn.Module, checkpoint: Mapping, path: str | os.PathLike) -> None:
+    """Load the checkpoint's ``model`` weights strictly; ones that do not fit are an error naming the first keys."""
+    own = model.state_dict()
+    bad = [k for k, v in checkpoint["model"].items() if k not in own or tuple(own[k].shape) != tuple(v.shape)]
+    bad += [k for k in own if k not in checkpoint["model"]]
+    if bad:
+        raise CheckpointError(f"cannot resume from {str(path)!r}: its weights do not fit the model ({bad[:5]})")
+    model.load_state_dict(checkpoint["model"])

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 
 from .. import weights
 from .._io import atomic_write
-from ..config import EvalSpec
+from ..config import EvalSpec, LoaderSpec
 from ..data.loader import Indexed, build_eval_loader, input_path
 from ..data.transforms import EvalTransform
 from ..errors import CheckpointError, ConfigError, DatasetError, ImageError
@@ -166,6 +166,16 @@ def evaluate(model: torch.nn.Module, loader: DataLoader, transform: EvalTransfor
     return EvalResult(metrics, len(merged["index"]), len(dataset), skipped, predictions, seconds)  # type: ignore[arg-type]
 
 
+def eval_loader(dataset: Any, spec: LoaderSpec, dist: DistInfo, batch_size: int | None = None,
+                num_workers: int | None = None) -> DataLoader:
+    """The loader ``spec`` describes (``batch_size``/``num_workers``: overrides) over this rank's shard of
+    ``dataset``, for :func:`evaluate`: validation during training and :func:`run_test` alike."""
+    return build_eval_loader(dataset, batch_size or spec.batch_size,
+                             spec.num_workers if num_workers is None else num_workers, dist.rank, dist.world_size,
+                             pin_memory=dist.device.type == "cuda" if spec.pin_memory is None else spec.pin_memory,
+                             persistent_workers=spec.persistent_workers, prefetch_factor=spec.prefetch_factor)
+
+
 def build_for_test(spec: EvalSpec, checkpoint: weights.Pretrained, *, use_ema: bool | None = None,
                    dataset_classes: tuple[str, ...] | None = None, **where) -> torch.nn.Module:
     """The model of ``spec`` with the weights of ``checkpoint``, which must be the same model: a checkpoint whose
@@ -221,11 +231,8 @@ def run_test(spec: EvalSpec, checkpoint: weights.Pretrained, dist: DistInfo, *, 
     # rank 0 first: only one process downloads the checkpoint
     model = rank0_first(lambda: build_for_test(spec, checkpoint, use_ema=use_ema, dataset_classes=custom, **where),
                         "the checkpoint").to(dist.device)
-    batch = batch_size or spec.loader.batch_size
-    loader = build_eval_loader(dataset, batch, spec.loader.num_workers if num_workers is None else num_workers,
-                               dist.rank, dist.world_size, persistent_workers=spec.loader.persistent_workers,
-                               pin_memory=dist.device.type == "cuda" if spec.loader.pin_memory is None
-                               else spec.loader.pin_memory, prefetch_factor=spec.loader.prefetch_factor)
+    loader = eval_loader(dataset, spec.loader, dist, batch_size, num_workers)
+    batch = loader.batch_size
     tta, amp, transform = tta or spec.tta, amp or spec.fp16, EvalTransform(spec.model.eval)
     if dist.is_main:
         say(f"model: {spec.model.arch} ({spec.source.file}), checkpoint: {checkpoint}")

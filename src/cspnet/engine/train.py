@@ -32,7 +32,7 @@ from .. import weights
 from .._io import atomic_write
 from .._version import __version__
 from ..config import LossSpec, TrainSpec
-from ..data.loader import build_eval_loader, worker_count
+from ..data.loader import worker_count
 from ..data.train_transforms import TrainSampler, TrainSet, TrainTransform
 from ..data.transforms import EvalTransform
 from ..errors import CheckpointError, ConfigError, TrainingError
@@ -41,7 +41,7 @@ from ..spec import ModelSpec
 from . import checkpoint as ckpt_lib
 from .distributed import (DistInfo, all_gather_object, broadcast_object, destroy_distributed, init_distributed,
                           is_distributed, rank0_first, setup_logging)
-from .evaluate import evaluate
+from .evaluate import eval_loader, evaluate
 from .optim import LRSchedule, ModelEma, build_optimizer
 
 log = logging.getLogger("cspnet")
@@ -290,9 +290,8 @@ def _prune(run: TrainRun) -> None:
 
 
 def _resume(run: TrainRun, checkpoint: dict, path: Path) -> tuple[int, int]:
-    """Load a training checkpoint into ``run``; returns ``(start_epoch, start_iter)``."""
-    ckpt_lib.check_resumable(checkpoint, run.model_spec, path, run.model)
-    run.model.load_state_dict(checkpoint["model"])
+    """Load a training checkpoint (checked by :func:`setup_run`) into ``run``; returns ``(start_epoch, start_iter)``."""
+    ckpt_lib.load_model_state(run.model, checkpoint, path)
     try:
         run.optimizer.load_state_dict(checkpoint["optimizer"])
     except (ValueError, KeyError) as e:
@@ -373,11 +372,7 @@ def _build_data(spec: TrainSpec, dist: DistInfo, seed: int, num_classes: int):
                           f"process with drop_last=True; lower batch_size")
     val_loader, eval_transform = None, EvalTransform(spec.model.eval)
     if spec.val is not None:
-        val_set = spec.val.build(transform=eval_transform.to_uint8)
-        settings = spec.val_loader
-        val_loader = build_eval_loader(val_set, settings.batch_size, settings.num_workers, dist.rank, dist.world_size,
-                                       pin_memory=settings.pin_memory, persistent_workers=settings.persistent_workers,
-                                       prefetch_factor=settings.prefetch_factor)
+        val_loader = eval_loader(spec.val.build(transform=eval_transform.to_uint8), spec.val_loader, dist)
     log.info("train: %s; val: %s", train_set.describe(), val_loader.dataset.dataset.describe() if val_loader else "off")
     return sampler, train_loader, val_loader, eval_transform, tuple(train_set.classes)
 
