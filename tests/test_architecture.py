@@ -15,8 +15,8 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 # package face (cspnet/__init__.py) names everything but imports only its leaves: it stands at the bottom.
 LAYERS = [
     {"errors", "_io", "_version", "_lazy", "__init__"},
-    {"models", "data", "weights", "spec"},
-    {"zoo", "export", "analysis", "visualize", "optimize"},
+    {"models", "data", "weights", "spec", "workdirs"},
+    {"zoo", "export", "analysis", "visualize", "optimize", "plotting"},
     {"config"},
     {"engine", "inference"},
     {"cli", "__main__"},
@@ -80,10 +80,11 @@ USAGE_ERRORS = {  # argument errors: the subcommand's usage (not the top level's
     ("test", "nope.py", "x", "--bogus"): ["usage: cspnet test", "unrecognized arguments: --bogus"],
     ("predict", "x.jpg", "--topk", "0"): ["usage: cspnet predict", "argument --topk: expected an integer >= 1, got '0'"],
     ("test", "c.py", "x", "--num-workers", "-1"): ["argument --num-workers: expected an integer >= 0, got '-1'"],
+    ("plot",): ["usage: cspnet plot", "the following arguments are required: RUN"],
 }
 
 
-@pytest.mark.parametrize("args", [("--help",), ("list",), ("predict", "--help"), *USAGE_ERRORS])
+@pytest.mark.parametrize("args", [("--help",), ("list",), ("predict", "--help"), ("plot", "--help"), *USAGE_ERRORS])
 def test_the_command_line_starts_without_torch(args):
     proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "cspnet", *args], capture_output=True, text=True,
                           timeout=60)

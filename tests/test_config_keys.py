@@ -210,7 +210,15 @@ CASES: list[tuple[str, Any, dict, Callable[[Resolved, str], None]]] = [
     ("*data_preprocessor.to_rgb", False, {}, refused("to_rgb=False")),
     # mmpretrain sizes Mixup's one-hot labels by it; the head decides the class count, and a difference is said
     ("*data_preprocessor.num_classes", 7, {}, said(r"data_preprocessor.num_classes=7 differs from model.head.num_cl")),
+    # Mixup/CutMix, in mmpretrain 1.x's place (model.train_cfg) or 1.0rc's (data_preprocessor.batch_augments)
+    ("*augments[]<*>.type", "ResizeMix", {}, refused(r"type='ResizeMix' is not supported")),
+    ("*augments[]<Mixup>.alpha", 0.4, {}, effect(lambda s: s.mix.augments == (("Mixup", 0.4),))),
+    ("*augments[]<CutMix>.alpha", 0.4, {}, effect(lambda s: s.mix.augments == (("CutMix", 0.4),))),
+    *[(f"{where}.probs", [0.5], {f"{where}.augments": [{"type": "Mixup", "alpha": 0.8}]},
+       effect(lambda s: s.mix.probs == (0.5,)))
+      for where in ("model.train_cfg", "model.data_preprocessor.batch_augments", "data_preprocessor.batch_augments")],
     # data and loaders
+    ("data_root", "/d", {}, effect(lambda s: s.train.root == s.val.root == "/d")),
     ("*_dataloader.batch_size", 8, {}, None),
     ("*_dataloader.num_workers", 1, {}, None),
     ("*_dataloader.persistent_workers", False, {}, None),
@@ -242,6 +250,23 @@ CASES: list[tuple[str, Any, dict, Callable[[Resolved, str], None]]] = [
     ("train_dataloader.dataset.pipeline[]<RandomResizedCrop>.interpolation", "lanczos", {},
      effect(lambda s: s.augment.interpolation == "lanczos")),
     ("train_dataloader.dataset.pipeline[]<RandomFlip>.prob", 0.2, {}, effect(lambda s: s.augment.flip_prob == 0.2)),
+    ("train_dataloader.dataset.pipeline[]<RandAugment>.policies", "rand-m5-n3-mstd0.5-inc1", {},
+     effect(lambda s: (s.augment.rand_augment.magnitude, s.augment.rand_augment.num_ops) == (5, 3))),
+    *[(f"train_dataloader.dataset.pipeline[]<RandAugment>.{key}", value,
+       {"train_dataloader.dataset.pipeline[]<RandAugment>.policies": "timm_increasing"},
+       effect(lambda s, f=field, w=want: getattr(s.augment.rand_augment, f) == w))
+      for key, value, field, want in [("num_policies", 3, "num_ops", 3), ("magnitude_level", 5, "magnitude", 5),
+                                      ("total_level", 20, "magnitude", 4.5), ("magnitude_std", "inf",
+                                                                              "magnitude_std", float("inf")),
+                                      ("hparams.pad_val", [1, 2, 3], "fill", (3, 2, 1)),
+                                      ("hparams.interpolation", "bilinear", "interpolation", "bilinear")]],
+    *[(f"train_dataloader.dataset.pipeline[]<RandomErasing>.{key}", value, {},
+       effect(lambda s, f=key, w=want: getattr(s.augment.erasing, f) == w))
+      for key, value, want in [("erase_prob", 0.3, 0.3), ("min_area_ratio", 0.1, 0.1), ("max_area_ratio", 0.2, 0.2),
+                               ("aspect_range", [0.5, 2], (0.5, 2)), ("mode", "rand", "rand"),
+                               ("fill_color", [1, 2, 3], (3.0, 2.0, 1.0)), ("fill_std", [1, 2, 3], (3.0, 2.0, 1.0))]],
+    ("*_dataloader.dataset.pipeline[]<RandAugment>.*", 3, {}, refused("not supported in an eval pipeline")),
+    ("*_dataloader.dataset.pipeline[]<RandomErasing>.*", 0.3, {}, refused("not supported in an eval pipeline")),
     ("train_dataloader.dataset.pipeline[]<ResizeEdge>.*", 64, {}, refused("not supported in a train pipeline|only")),
     ("train_dataloader.dataset.pipeline[]<CenterCrop>.*", 64, {}, refused("not supported in a train pipeline")),
     ("*_dataloader.dataset.pipeline[]<ResizeEdge>.scale", 300, {}, None),
@@ -275,6 +300,10 @@ CASES: list[tuple[str, Any, dict, Callable[[Resolved, str], None]]] = [
      effect(lambda s: ("alpha", 0.9) in s.optim.args)),
     ("optim_wrapper.optimizer.centered", True, {"optim_wrapper.optimizer.type": "RMSprop"},
      effect(lambda s: ("centered", True) in s.optim.args)),
+    *[(f"optim_wrapper.optimizer.{key}", value, {"optim_wrapper.optimizer.type": "RMSpropTF",
+                                                  "optim_wrapper.optimizer.nesterov": None},
+       effect(lambda s, k=key, v=value: (k, v) in s.optim.args))
+      for key, value in [("decoupled_decay", True), ("lr_in_momentum", False)]],
     ("optim_wrapper.paramwise_cfg.norm_decay_mult", 0, {}, effect(lambda s: s.optim.norm_decay_mult == 0.0)),
     ("optim_wrapper.paramwise_cfg.bias_decay_mult", 0, {}, effect(lambda s: s.optim.bias_decay_mult == 0.0)),
     ("optim_wrapper.loss_scale", 512.0, {}, effect(lambda s: s.optim.loss_scale == 512.0)),
@@ -297,6 +326,7 @@ CASES: list[tuple[str, Any, dict, Callable[[Resolved, str], None]]] = [
     ("param_scheduler[]<*>.eta_min", 0.01, {}, effect(lambda s: s.schedule[0].eta_min == 0.01)),
     ("param_scheduler[]<*>.eta_min_ratio", 0.01, {}, effect(lambda s: s.schedule[0].eta_min_ratio == 0.01)),
     ("param_scheduler[]<*>.type", "OneCycleLR", {}, refused("type='OneCycleLR' is not supported")),
+    ("visualizer.vis_backends[].type", "TensorboardVisBackend", {}, effect(lambda s: s.runtime.tensorboard)),
     # EMA
     ("custom_hooks[]<EMAHook>.type", "SyncBuffersHook", {}, refused("type='SyncBuffersHook' is not supported")),
     ("custom_hooks[]<EMAHook>.momentum", 0.01, {}, effect(lambda s: s.ema.momentum == 0.01)),

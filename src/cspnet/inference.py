@@ -10,6 +10,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from . import config, zoo
 from .data.loader import ImageList, build_eval_loader, input_path
@@ -34,6 +35,10 @@ def get_model(model: str | os.PathLike | ModelSpec, pretrained: Any = False, *ar
         cfg = config.load_config(path)
         if pretrained is True:
             pretrained = config.load_from(cfg) or True
+        if config.head_width(cfg) is None and pretrained not in (False, True, None):
+            # the config leaves the head to the data: a checkpoint brings its own (and its class names), so no
+            # dataset need be at hand; its architecture must still be the config's
+            return zoo.get_model(config.model_spec(cfg, classes_from=None).arch, pretrained, *args, **kwargs)
         return zoo.get_model(config.model_spec(cfg), pretrained, *args, **kwargs)
     if Path(path).suffix.lower() in CHECKPOINT_SUFFIXES:
         if pretrained not in (False, True):
@@ -70,7 +75,7 @@ def _fast_copy(model: torch.nn.Module) -> torch.nn.Module:
 def inference_model(model: ImageClassifier | str, images: ImageLike | Sequence[ImageLike],
                     device: str | torch.device | None = None, batch_size: int = 16, topk: int | None = None,
                     optimize: bool = True, num_workers: int | None = None, resize: str = "auto",
-                    **get_model_kwargs) -> dict[str, Any] | list[dict[str, Any]]:
+                    progress: bool | None = False, **get_model_kwargs) -> dict[str, Any] | list[dict[str, Any]]:
     """Classify images.
 
     Args:
@@ -88,6 +93,8 @@ def inference_model(model: ImageClassifier | str, images: ImageLike | Sequence[I
             one batch, one per CPU core (at most one per batch); else 0 (this process).
         resize: where the exact resize + centre crop runs: ``'loader'`` (with the decoding), ``'device'`` (on the
             model's device, :mod:`cspnet.data.resample`: the same pixels), ``'auto'`` (``'device'`` on CUDA).
+        progress: a progress bar (images, img/s, ETA) on stderr: True, False, or None for only when stderr is a
+            terminal (tqdm's ``disable=None``).
 
     Returns:
         For one image a dict, for a list a list of dicts, each with ``pred_label`` (int), ``pred_score`` (float,
@@ -111,11 +118,15 @@ def inference_model(model: ImageClassifier | str, images: ImageLike | Sequence[I
         num_workers = min(os.cpu_count() or 1, batches) if batches > 1 else 0
     loader = build_eval_loader(ImageList(items, inp.read), batch_size, num_workers, pin_memory=dev.type == "cuda")
     results = []
+    bar = tqdm(total=len(items), unit="img", desc="predict", disable=None if progress is None else not progress,
+               dynamic_ncols=True, leave=False)
     for _, batch, _, bad in loader:
         if bad:  # the first unreadable image, named by its ImageError
+            bar.close()
             raise ImageError(bad[0][1])
         batch = inp.on_device(batch) if inp.on_device else batch.to(dev, non_blocking=True)
         scores = net(transform.normalize(batch)).float().softmax(dim=1).cpu()
+        bar.update(len(scores))
         for row in scores:
             label = int(row.argmax())
             res = {"pred_label": label, "pred_score": float(row[label]), "pred_scores": row.numpy().astype(np.float32)}
@@ -126,4 +137,5 @@ def inference_model(model: ImageClassifier | str, images: ImageLike | Sequence[I
                 res["topk"] = [(int(i), float(v), model.classes[int(i)] if model.classes is not None else None)
                                for v, i in zip(vals, idx)]
             results.append(res)
+    bar.close()
     return results[0] if single else results

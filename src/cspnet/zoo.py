@@ -13,7 +13,7 @@ import torch
 
 from . import weights
 from .data.transforms import EvalPreset, EvalTransform
-from .errors import InvalidOptionError
+from .errors import CheckpointError, InvalidOptionError
 from .models import CSPNet, ImageClassifier
 from .spec import BackboneOptions, ModelSpec
 from .weights.records import WeightsInfo, get_weights_info
@@ -91,12 +91,20 @@ def get_model(name: str | ModelSpec | None, pretrained: weights.Pretrained = Fal
         raise InvalidOptionError("get_model(None, ...) needs pretrained= a checkpoint file, which names the model")
     if features_only and ("drop_rate" in kwargs or num_classes not in (None, 0)):
         raise InvalidOptionError("features_only=True builds the backbone alone: it takes no num_classes/drop_rate")
+    reheaded = num_classes is not None or (head or {}).get("num_classes") is not None
     spec = with_options(spec, num_classes, backbone, head, **kwargs)
+    if explicit and found is not None and not (features_only or reheaded) and found.num_classes not in (
+            None, spec.num_classes):  # a spec's (a config's) head only confirms the file's; num_classes replaces it
+        raise CheckpointError(f"{found.source} has a {found.num_classes}-class head, but {spec.name or spec.arch} "
+                              f"builds {spec.num_classes} classes: give the model the file's head (a config: "
+                              f"model.head.num_classes={found.num_classes}, or leave it unset), or num_classes="
+                              f"{spec.num_classes} (--num-classes) to replace the head on purpose")
     model = spec.build(features_only)
     if found is not None:
         if not features_only and found.num_classes not in (None, spec.num_classes):
-            log.info("%s: a new %d-class head replaces its %d-class one (fine-tuning)", found.source, spec.num_classes,
-                     found.num_classes)
+            # a warning, so the command line shows it: the new head is untrained, its predictions mean nothing
+            log.warning("%s: a new, untrained %d-class head replaces its %d-class one (to fine-tune)", found.source,
+                        spec.num_classes, found.num_classes)
         weights.load_state(model, found)
         log.info("loaded %s weights from %s%s", spec.arch, found.source, " (EMA)" if found.ema else "")
     if device is not None:

@@ -14,7 +14,7 @@ from .._version import __version__
 from ..errors import CSPNetError
 
 COMMANDS = {"predict": "predict", "list": "listing", "convert": "convert", "download": "download",  # -> module
-            "export": "export", "analyze": "analyze", "cam": "cam", "test": "test", "train": "train"}
+            "export": "export", "analyze": "analyze", "cam": "cam", "test": "test", "train": "train", "plot": "plot"}
 
 
 def at_least(least: int):
@@ -30,13 +30,17 @@ def add_model_arguments(p: argparse.ArgumentParser, positional: bool = False) ->
     """The model (``MODEL`` or ``--model``: a name, a config file, or a checkpoint file, which carries its model),
     ``--weights`` and :func:`add_source_arguments`: every subcommand that loads a model by name."""
     what = "a name (see `cspnet list`), a config file, or a checkpoint file (which names its own model)"
-    if positional:
-        p.add_argument("model", metavar="MODEL", help=what)
+    default = "default: the --weights file's model, else cspdarknet53"
+    if positional:  # MODEL may be left out when --weights names the model
+        p.add_argument("model", metavar="MODEL", nargs="?", default=None, help=f"{what}; {default}")
     else:
-        p.add_argument("--model", default=None, help=f"{what}; default: the --weights file's model, else cspdarknet53")
+        p.add_argument("--model", default=None, help=f"{what}; {default}")
     p.add_argument("--weights", default=None, metavar="FILE|URL",
                    help="weights to load (timm, mmpretrain or cspnet layout; a cspnet checkpoint brings its classes "
                         "and preprocessing); default: the published weights")
+    p.add_argument("--num-classes", type=at_least(0), default=None, metavar="N",
+                   help="confirm the weights' head width, or replace their head by a new, untrained N-class one "
+                        "(to fine-tune elsewhere: say so, as its predictions mean nothing yet)")
     add_source_arguments(p)
 
 
@@ -67,7 +71,7 @@ def load_model(args: argparse.Namespace, device=None, **kwargs):
 
     name = args.model if args.model is not None or args.weights is not None else "cspdarknet53"
     return get_model(name, args.weights or True, device=device or default_device(args.device), use_ema=args.ema,
-                     **where(args), **kwargs)
+                     num_classes=args.num_classes, **where(args), **kwargs)
 
 
 def add_cfg_options(p: argparse.ArgumentParser, example: str) -> None:

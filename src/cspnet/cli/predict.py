@@ -34,8 +34,9 @@ def run(args: argparse.Namespace) -> int:
 
         vis_paths(args.images, args.save_vis)  # a bad --save-vis fails before the model loads
     model = load_model(args)
+    # a bar on stderr only when it is a terminal: stdout carries the results, a redirected stderr no bar lines
     results = inference_model(model, list(args.images), batch_size=args.batch_size, topk=args.topk,
-                              num_workers=args.num_workers)
+                              num_workers=args.num_workers, progress=None if len(args.images) > 1 else False)
     imagenet = model.classes is not None and tuple(model.classes) == imagenet_classes()
     synsets = imagenet_synsets() if imagenet else None
     rows = []

@@ -1,9 +1,10 @@
 """``cspnet train`` = ``python tools/train.py``: train or fine-tune from a config (mmpretrain's arguments).
 
 One process: ``cspnet train CONFIG``. DDP: ``torchrun --nproc-per-node N tools/train.py CONFIG --launcher pytorch``
-(``--nnodes M --node-rank R --master-addr HOST`` for several machines). Only rank 0 writes the log and checkpoints
-to ``--work-dir`` (default ``work_dirs/<config name>``). Exit status: 0 done, 2 bad input or a NaN loss,
-128 + signal number after SIGTERM/Ctrl-C (a checkpoint was written first; ``--resume`` continues from it).
+(``--nnodes M --node-rank R --master-addr HOST`` for several machines). Only rank 0 writes the log and checkpoints,
+into the run's own folder of ``--work-dir`` (default ``work_dirs/<config name>``). Exit status: 0 done, 2 bad input
+or a NaN loss, 128 + signal number after SIGTERM/Ctrl-C (a checkpoint was written first; ``--resume`` continues
+from it).
 """
 
 from __future__ import annotations
@@ -19,11 +20,12 @@ HELP = "train or fine-tune a model from a config (one process, or DDP under torc
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", metavar="CONFIG", help="config file, e.g. configs/cspnet/cspresnet50_finetune_custom.py")
-    p.add_argument("--work-dir", metavar="DIR", help="where logs and checkpoints go (default: the config's work_dir, "
-                                                     "else work_dirs/<config name>)")
+    p.add_argument("--work-dir", metavar="DIR", help="each run writes into its own folder DIR/<YYYYmmdd_HHMMSS> "
+                                                     "(default DIR: the config's work_dir, else work_dirs/<config "
+                                                     "name>)")
     p.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CHECKPOINT",
-                   help="continue a run exactly where it stopped: from CHECKPOINT, or with no value from the latest "
-                        "checkpoint in the work dir (a fresh start if there is none)")
+                   help="continue a run exactly where it stopped, in its folder: from CHECKPOINT, or with no value "
+                        "from the newest run in the work dir that has a checkpoint (a new run if none has)")
     p.add_argument("--amp", action="store_true",
                    help="mixed precision (optim_wrapper.type='AmpOptimWrapper'): fp16 + loss scaling on GPUs, "
                         "bf16 on CPUs; set optim_wrapper.dtype=bfloat16 for bf16 on GPUs")
@@ -57,7 +59,7 @@ def spec_from_args(args: argparse.Namespace):
 
 def resume_path(args: argparse.Namespace, spec) -> Path | None:
     """``--resume CKPT``, ``--resume`` (latest in the work dir) or the config's ``resume=True`` (+ ``load_from``)."""
-    from ..engine.checkpoint import find_latest
+    from ..workdirs import find_latest
 
     if args.resume not in (None, "auto"):
         return Path(args.resume)

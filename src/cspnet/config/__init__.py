@@ -12,8 +12,8 @@ from typing import Any, Mapping, Sequence
 from . import load
 from .load import ANY, Config, Fixed, Items, Typed, Variable, merge, parse_cfg_options, parse_value, validate
 from .resolve import (SCHEMA, CheckpointPolicy, EmaSpec, EvalSpec, LoaderSpec, LossSpec, Metrics, OptimSpec,
-                      RuntimeSpec, Scheduler, Source, TrainSpec, data_spec, eval_preset, eval_spec, load_from,
-                      loader_spec, model_spec, train_pipeline, train_spec)
+                      RuntimeSpec, Scheduler, Source, TrainSpec, data_spec, eval_preset, eval_spec, head_width,
+                      load_from, loader_spec, model_spec, train_pipeline, train_spec)
 
 
 def load_config(path: str | os.PathLike, cfg_options: Sequence[str] | Mapping[str, Any] | None = None, *,
@@ -25,5 +25,5 @@ def load_config(path: str | os.PathLike, cfg_options: Sequence[str] | Mapping[st
 
 __all__ = ["ANY", "SCHEMA", "CheckpointPolicy", "Config", "EmaSpec", "EvalSpec", "Fixed", "Items", "LoaderSpec",
            "LossSpec", "Metrics", "OptimSpec", "RuntimeSpec", "Scheduler", "Source", "TrainSpec", "Typed", "Variable",
-           "data_spec", "eval_preset", "eval_spec", "load_config", "load_from", "loader_spec", "merge", "model_spec",
-           "parse_cfg_options", "parse_value", "train_pipeline", "train_spec", "validate"]
+           "data_spec", "eval_preset", "eval_spec", "head_width", "load_config", "load_from", "loader_spec", "merge",
+           "model_spec", "parse_cfg_options", "parse_value", "train_pipeline", "train_spec", "validate"]

@@ -21,7 +21,9 @@ from typing import Any, Callable, Mapping
 from .._io import atomic_write
 from ..data.classes import imagenet_classes
 from ..data.datasets import DataSpec
+from ..data.mixing import BatchMix, RandomErasing
 from ..data.presets import IMAGENET_MEAN, IMAGENET_STD, INTERPOLATIONS, EvalPreset
+from ..data.randaugment import RandAugment, from_mmpretrain, parse_timm
 from ..data.train_transforms import TrainPipeline
 from ..errors import ConfigError
 from ..models.cspnet import ARCHS
@@ -140,7 +142,8 @@ def _type(*kinds: str, why: str) -> dict[str, Any]:
     return {"type": Fixed(kinds, why), "_delete_": ANY}
 
 _INIT = Fixed((None,), "weights come from load_from (or tools/test.py's CHECKPOINT), not init_cfg")
-_NO_MIX = Fixed((None,), "Mixup/CutMix are not implemented")
+_MIXING = {"augments": Items(Typed({"Mixup": {"type": ANY, "alpha": ANY}, "CutMix": {"type": ANY, "alpha": ANY}})),
+           "probs": ANY}  # model.train_cfg or data_preprocessor.batch_augments: read by batch_mix
 
 
 # --- The model: ModelSpec ------------------------------------------------------------------------------------------
@@ -153,7 +156,7 @@ _BACKBONE = {"in_chans": ("in_channels", integer(1)), "out_indices": ("out_indic
              "frozen_stages": ("frozen_stages", integer(-1)), "norm_eval": ("norm_eval", boolean),
              "drop_path_rate": ("drop_path_rate", number()), "zero_init_last": ("zero_init_last", boolean)}
 _PREPROCESSOR = {**_type("ClsDataPreprocessor", why="cspnet normalises batches itself"), "num_classes": ANY,
-                 "mean": ANY, "std": ANY, "to_rgb": ANY, "batch_augments": _NO_MIX,
+                 "mean": ANY, "std": ANY, "to_rgb": ANY, "batch_augments": _MIXING,
                  "pad_size_divisor": Fixed((1,), "eval crops are square and of one size: nothing to pad"),
                  "pad_value": Fixed((0,), "nothing is padded")}
 _LOSS = {**_type("CrossEntropyLoss", "LabelSmoothLoss", why="softmax cross-entropy, with or without label smoothing"),
@@ -169,7 +172,7 @@ _MODEL = {
     "head": {**_type("LinearClsHead", why="the classifier's head is linear"), "num_classes": ANY, "in_channels": ANY,
              "topk": ANY, "cal_acc": ANY, "dropout": ANY, "init_cfg": _INIT, "loss": _LOSS},
     "data_preprocessor": _PREPROCESSOR,
-    "train_cfg": {"augments": _NO_MIX, "probs": _NO_MIX},
+    "train_cfg": _MIXING,
     "init_cfg": _INIT,
     "pretrained": Fixed((None,), "set load_from to start from weights"),
 }
@@ -190,8 +193,16 @@ def _normalization(cfg: Mapping) -> tuple[tuple[float, ...], tuple[float, ...]]:
     return mean, std
 
 
-def model_spec(cfg: Mapping, pipeline: str = "test") -> ModelSpec:
-    """The :class:`~cspnet.spec.ModelSpec` of ``cfg.model``; its eval preprocessing is ``{pipeline}_dataloader``'s."""
+def head_width(cfg: Mapping) -> int | None:
+    """``model.head.num_classes``, or None when the config leaves it to the data."""
+    return _value(_section(cfg, "model.head"), "num_classes", f"config {_name(cfg)}: model.head", None, integer(0))
+
+
+def model_spec(cfg: Mapping, pipeline: str = "test", classes_from: str | None = "test") -> ModelSpec:
+    """The :class:`~cspnet.spec.ModelSpec` of ``cfg.model``; its eval preprocessing is ``{pipeline}_dataloader``'s,
+    its class names those of ``{classes_from}_dataloader``, which also gives the head its width when
+    ``model.head.num_classes`` is unset (None; ``classes_from=None``: no dataset is read, and an unset head is
+    headless, for callers whose checkpoint brings the head)."""
     where = f"config {_name(cfg)}: model"
     bb, head = _section(cfg, "model.backbone"), _section(cfg, "model.head")
     arch = BACKBONES.get((bb.get("type"), bb.get("depth")))
@@ -199,7 +210,11 @@ def model_spec(cfg: Mapping, pipeline: str = "test") -> ModelSpec:
         known = ", ".join(f"type={t!r} depth={d}" for t, d in BACKBONES)
         raise ConfigError(f"{where}.backbone type={bb.get('type')!r} depth={bb.get('depth')!r} is not a CSPNet "
                           f"this library builds; known: {known}")
-    num_classes = _value(head, "num_classes", f"{where}.head", 1000, integer(0))
+    num_classes = head_width(cfg)
+    classes = _classes(cfg, classes_from) if classes_from else None
+    if num_classes is None:  # unset: the dataset's classes (a folder per class: its folder names)
+        classes = tuple(data_spec(cfg, classes_from).class_names()) if classes_from else ()
+        num_classes = len(classes)
     width = ARCHS[arch].stages()[-1].out_chs
     if head.get("in_channels") not in (None, width):
         raise ConfigError(f"{where}.head.in_channels={head['in_channels']} but {arch} outputs {width} channels")
@@ -210,7 +225,6 @@ def model_spec(cfg: Mapping, pipeline: str = "test") -> ModelSpec:
                      _name(cfg), pre, _section(cfg, pre)["num_classes"], num_classes)
     options = BackboneOptions(**{name: _value(bb, key, f"{where}.backbone", None, check)
                                  for name, (key, check) in _BACKBONE.items()})
-    classes = _classes(cfg, pipeline)
     return ModelSpec(arch, eval_preset(cfg, pipeline), num_classes,
                      classes if classes is not None and len(classes) == num_classes else None,
                      _value(head, "dropout", f"{where}.head", 0.0, number(lambda v: 0 <= v < 1, "a rate in [0, 1)")),
@@ -236,6 +250,10 @@ TRANSFORMS: dict[str, dict[str, Any]] = {  # the steps implemented, with the arg
     "RandomResizedCrop": {"scale": ANY, "crop_ratio_range": ANY, "aspect_ratio_range": ANY, "max_attempts": ANY,
                           "interpolation": ANY, "backend": _RESIZE_BACKEND},
     "RandomFlip": {"prob": ANY, "direction": Fixed(("horizontal",), "only horizontal flips")},
+    "RandAugment": {"policies": ANY, "num_policies": ANY, "total_level": ANY, "magnitude_level": ANY,
+                    "magnitude_std": ANY, "hparams": {"pad_val": ANY, "interpolation": ANY}},
+    "RandomErasing": {"erase_prob": ANY, "min_area_ratio": ANY, "max_area_ratio": ANY, "aspect_range": ANY,
+                      "mode": ANY, "fill_color": ANY, "fill_std": ANY},
     "PackInputs": {},
 }
 _PIPELINE = Items(Typed({k: {**_COMMON, **v} for k, v in TRANSFORMS.items()}))
@@ -295,28 +313,106 @@ def eval_preset(cfg: Mapping, which: str = "test") -> EvalPreset:
         raise ConfigError(f"config {_name(cfg)}: {which} pipeline: {e}") from None
 
 
+_TRAIN_STEPS = ("LoadImageFromFile", "RandomResizedCrop", "RandomFlip", "RandAugment", "RandomErasing", "PackInputs")
+
+
+def _bgr(where: str, value: Any) -> tuple[float, float, float]:
+    """A colour as mmpretrain's configs give it for its BGR images (``bgr_mean``): RGB here, where images are RGB."""
+    one = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not one and not (isinstance(value, (list, tuple)) and len(value) == 3):
+        raise ConfigError(f"{where}={value!r:.80}: expected a number or 3 numbers (B, G, R)")
+    return (float(value),) * 3 if one else tuple(float(v) for v in reversed(value))
+
+
+def _rand_augment(where: str, step: Mapping) -> RandAugment:
+    """mmpretrain's ``RandAugment`` step, or timm's string as its policies (``policies='rand-m9-mstd0.5-inc1'``)."""
+    hp = step.get("hparams") or {}
+    pad = hp.get("pad_val", 128)  # BGR, as mmpretrain's configs (from_mmpretrain reverses it)
+    interpolation = _value(hp, "interpolation", f"{where}.hparams", "bicubic", choice("nearest", "bilinear", "bicubic"))
+    policies = step.get("policies")
+    try:
+        if isinstance(policies, str) and policies.startswith("rand"):
+            fill = tuple(round(v) for v in _bgr(f"{where}.hparams.pad_val", pad))
+            return parse_timm(policies, fill=fill, interpolation=interpolation)
+        return from_mmpretrain(policies, num_policies=_value(step, "num_policies", where, 2, integer(1)),
+                               magnitude_level=_value(step, "magnitude_level", where, 9.0, number()),
+                               magnitude_std=_value(step, "magnitude_std", where, 0.0, _STD),
+                               total_level=_value(step, "total_level", where, 10.0, number()),
+                               pad_val=pad, interpolation=interpolation)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
+_STD = _kind("a number >= 0 or 'inf'", lambda v: v == "inf" or isinstance(v, (int, float)) and v >= 0, float)
+
+
+def _erasing(where: str, step: Mapping) -> RandomErasing:
+    known = {f.name for f in dataclasses.fields(RandomErasing)}
+    args = {k: v for k, v in step.items() if k in known and v is not None}
+    for key in ("fill_color", "fill_std"):
+        if key in args:  # given in BGR order, as mmpretrain's configs do for its BGR images
+            args[key] = _bgr(f"{where}.{key}", args[key])
+    if "aspect_range" in args:
+        args["aspect_range"] = tuple(args["aspect_range"])
+    try:
+        return RandomErasing(**args)
+    except (ConfigError, TypeError) as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
 def train_pipeline(cfg: Mapping) -> TrainPipeline:
     """The :class:`~cspnet.data.train_transforms.TrainPipeline` of ``train_dataloader``: ``LoadImageFromFile``,
-    ``RandomResizedCrop``, ``RandomFlip`` (horizontal), ``PackInputs``."""
+    ``RandomResizedCrop``, ``RandomFlip`` (horizontal), ``RandAugment``, ``RandomErasing``, ``PackInputs``, each at
+    most once and in this order (the order they are applied in)."""
     found: dict[str, Any] = {}
     pair = _kind("(low, high), 0 < low <= high", lambda v: isinstance(v, (list, tuple)) and len(v) == 2 and all(
         isinstance(x, (int, float)) for x in v) and 0 < v[0] <= v[1], lambda v: (float(v[0]), float(v[1])))
+    seen: list[str] = []
     for where, step in _steps(cfg, "train"):
         kind = step.get("type")
-        if kind == "RandomResizedCrop" and "crop" not in found:
+        if kind not in _TRAIN_STEPS:
+            raise ConfigError(f"{where} is not supported in a train pipeline; expected, in this order: "
+                              f"{', '.join(_TRAIN_STEPS)}")
+        if seen and _TRAIN_STEPS.index(kind) <= _TRAIN_STEPS.index(seen[-1]):
+            raise ConfigError(f"{where} after {seen[-1]}: the train pipeline applies its steps once each, in the "
+                              f"order {', '.join(_TRAIN_STEPS)}")
+        seen.append(kind)
+        if kind == "RandomResizedCrop":
             found.update(crop=_square(where, step, "scale"), interpolation=_interpolation(where, step),
                          scale=_value(step, "crop_ratio_range", where, (0.08, 1.0), pair),
                          ratio=_value(step, "aspect_ratio_range", where, (3 / 4, 4 / 3), pair),
                          max_attempts=_value(step, "max_attempts", where, 10, integer(1)))
-        elif kind == "RandomFlip" and "flip_prob" not in found:  # mmcv: prob=None never flips
+        elif kind == "RandomFlip":  # mmcv: prob=None never flips
             found["flip_prob"] = _value(step, "prob", where, 0.0, number(lambda v: 0 <= v <= 1, "a probability"))
-        elif kind not in ("LoadImageFromFile", "PackInputs"):
-            raise ConfigError(f"{where} is not supported in a train pipeline; expected LoadImageFromFile, "
-                              f"RandomResizedCrop, RandomFlip(direction='horizontal'), PackInputs")
+        elif kind == "RandAugment":
+            found["rand_augment"] = _rand_augment(where, step)
+        elif kind == "RandomErasing":
+            found["erasing"] = _erasing(where, step)
     if "crop" not in found:
         raise ConfigError(f"config {_name(cfg)}: the train pipeline needs a RandomResizedCrop")
     mean, std = _normalization(cfg)
     return TrainPipeline(mean=mean, std=std, **found)
+
+
+def batch_mix(cfg: Mapping) -> BatchMix | None:
+    """Mixup/CutMix from ``model.train_cfg`` (mmpretrain 1.x) or ``data_preprocessor.batch_augments`` (its 1.0rc
+    place); both at once is an error (which would win?)."""
+    given = [(key, _section(cfg, key)) for key in ("model.train_cfg", "model.data_preprocessor.batch_augments",
+                                                   "data_preprocessor.batch_augments")]
+    given = [(key, section) for key, section in given if section.get("augments")]
+    if not given:
+        return None
+    if len(given) > 1:
+        raise ConfigError(f"config {_name(cfg)}: Mixup/CutMix given in both {given[0][0]} and {given[1][0]}; keep one")
+    key, section = given[0]
+    augments = section["augments"]
+    augments = [augments] if isinstance(augments, Mapping) else augments
+    probs = section.get("probs")
+    try:
+        return BatchMix(tuple((a["type"], number()(a.get("alpha"), f"{key}.augments.alpha")) for a in augments),
+                        None if probs is None else tuple(_one_or_many(probs)))
+    except ConfigError as e:
+        raise ConfigError(f"{key}: {e}") from None
 
 
 # --- Data and loaders: DataSpec, LoaderSpec ------------------------------------------------------------------------
@@ -327,7 +423,7 @@ class LoaderSpec:
     reads every image once, in order); ``pin_memory`` None: when on CUDA."""
 
     batch_size: int = setting("batch_size", 32, integer(1))
-    num_workers: int = setting("num_workers", 5, integer(0))
+    num_workers: int = setting("num_workers", 4, integer(0))
     persistent_workers: bool = setting("persistent_workers", True, boolean)
     pin_memory: bool | None = setting("pin_memory", None, boolean)
     drop_last: bool = setting("drop_last", False, boolean)
@@ -355,14 +451,17 @@ _INDICES = _kind("a count or a list of indices >= 0", lambda v: all(_is_int(k, 0
 
 def data_spec(cfg: Mapping, which: str) -> DataSpec:
     """The :class:`~cspnet.data.datasets.DataSpec` of ``{which}_dataloader.dataset`` (``data_root`` as written,
-    relative to the working directory, as in mmpretrain)."""
+    relative to the working directory, as in mmpretrain; the config's top-level ``data_root``, when set, is the root
+    of every dataset)."""
     ds, where = _section(cfg, f"{which}_dataloader.dataset"), f"config {_name(cfg)}: {which}_dataloader.dataset"
     classes = ds.get("classes") or _section(cfg, f"{which}_dataloader.dataset.metainfo").get("classes")
     prefix = ds.get("data_prefix")
     if isinstance(prefix, Mapping):  # mmengine also allows data_prefix=dict(img_path='val')
         prefix = prefix.get("img_path", prefix.get("img"))
     name = lambda key, default=None: _value(ds, key, where, default, text)  # noqa: E731
-    return DataSpec(ds.get("type", "ImageNet"), name("data_root", ""), name("split"), name("ann_file"),
+    # a top-level data_root is every dataset's (one override moves train, val and test)
+    root = _value(cfg, "data_root", f"config {_name(cfg)}", None, text) or name("data_root", "")
+    return DataSpec(ds.get("type", "ImageNet"), root, name("split"), name("ann_file"),
                     prefix or None, tuple(map(str, classes)) if isinstance(classes, (list, tuple)) else classes,
                     _value(ds, "indices", where, None, _INDICES))
 
@@ -442,9 +541,12 @@ def eval_spec(cfg: Config) -> EvalSpec:
 
 
 # --- Training: TrainSpec and its parts -----------------------------------------------------------------------------
-_OPTIMIZERS = ("SGD", "AdamW", "Adam", "RMSprop")  # torch.optim's classes of these names; RMSprop is torch's, not
-# timm's TF-style RMSpropTF (epsilon inside the sqrt) of the published RA recipe
-_OPTIM_ARGS = ("momentum", "nesterov", "betas", "eps", "alpha", "dampening", "centered")
+# torch.optim's classes of these names, and timm's TF-style RMSpropTF (epsilon inside the sqrt) of the published
+# weights' RA recipe (cspnet.engine.optim.RMSpropTF, with the arguments listed here)
+_OPTIMIZERS = ("SGD", "AdamW", "Adam", "RMSprop", "RMSpropTF")
+_RMSPROP_TF_ARGS = ("alpha", "eps", "momentum", "centered", "decoupled_decay", "lr_in_momentum")
+_OPTIM_ARGS = ("momentum", "nesterov", "betas", "eps", "alpha", "dampening", "centered", "decoupled_decay",
+               "lr_in_momentum")
 _LOSS_SCALE = _kind("'dynamic', a number or a dict of GradScaler arguments", lambda v: v == "dynamic" or isinstance(
     v, (int, float, Mapping)) and not isinstance(v, bool), lambda v: tuple(v.items()) if isinstance(v, Mapping) else v)
 
@@ -484,9 +586,10 @@ def optim_spec(cfg: Mapping) -> OptimSpec:
         raise ConfigError(f"{where}.optimizer needs an 'lr'")
     args = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in opt.items()
                  if k in _OPTIM_ARGS and v is not None)
-    refused = [k for k, _ in args if k not in inspect.signature(getattr(torch.optim, name)).parameters]
+    takes = _RMSPROP_TF_ARGS if name == "RMSpropTF" else inspect.signature(getattr(torch.optim, name)).parameters
+    refused = [k for k, _ in args if k not in takes]
     if refused:
-        raise ConfigError(f"{where}.optimizer: torch.optim.{name} takes no {refused}")
+        raise ConfigError(f"{where}.optimizer: {name} takes no {refused}")
     amp = ow.get("dtype")
     if amp not in (None, "float16", "bfloat16") or amp and kind != "AmpOptimWrapper":
         raise ConfigError(f"{where}.dtype={amp!r}: 'float16' or 'bfloat16', with type='AmpOptimWrapper' (or --amp)")
@@ -659,6 +762,21 @@ class RuntimeSpec:
                                                     lambda v: v in ("torch", False), lambda v: v == "torch"))
     log_level: str = setting("log_level", "INFO", choice("DEBUG", "INFO", "WARNING", "ERROR"))
     log_interval: int = setting("default_hooks.logger.interval", 100, integer(1))
+    tensorboard: bool = False  # vis_backends holds a TensorboardVisBackend: scalars to <run>/vis_data
+
+
+def tensorboard(cfg: Mapping) -> bool:
+    """Whether ``visualizer.vis_backends`` (or the top-level ``vis_backends`` a config file writes it from) asks for
+    TensorBoard; refused when the ``tensorboard`` package, which ``torch.utils.tensorboard`` writes with, is absent."""
+    import importlib.util
+
+    backends = [*(cfg.get("vis_backends") or []), *(_section(cfg, "visualizer").get("vis_backends") or [])]
+    wanted = any(isinstance(b, Mapping) and b.get("type") == "TensorboardVisBackend" for b in backends)
+    if wanted and importlib.util.find_spec("tensorboard") is None:
+        raise ConfigError(f"config {_name(cfg)}: vis_backends has TensorboardVisBackend, but the tensorboard package "
+                          f"is not installed: pip install tensorboard (or drop it: log.jsonl and curves.png are "
+                          f"written either way)")
+    return wanted
 
 
 _LOAD_FROM = _kind("a path, a URL, True (the published weights) or None", lambda v: isinstance(v, (bool, str)),
@@ -684,6 +802,7 @@ class TrainSpec:
     ema: EmaSpec | None
     checkpoints: CheckpointPolicy
     runtime: RuntimeSpec
+    mix: BatchMix | None = None
     val_fp16: bool = setting("val_cfg.fp16", False, boolean)
     max_epochs: int = setting("train_cfg.max_epochs", 100, integer(1))
     val_interval: int = setting("train_cfg.val_interval", 1, integer(1))
@@ -705,23 +824,28 @@ def load_from(cfg: Mapping) -> bool | str | None:
 def train_spec(cfg: Config, validate: bool = True) -> TrainSpec:
     """The :class:`TrainSpec` of ``cfg`` (``validate=False``: no validation, as ``--no-validate``)."""
     validate_keys(cfg, SCHEMA, where=f"config {_name(cfg)}")
-    model = model_spec(cfg, "val")
+    model = model_spec(cfg, "val", classes_from="train")
+    mix, loss = batch_mix(cfg), loss_spec(cfg, model.num_classes)
+    if mix is not None and (loss.class_weight or loss.topk):  # both need hard labels
+        raise ConfigError(f"config {_name(cfg)}: Mixup/CutMix make soft labels: they take no "
+                          f"model.head.loss.class_weight, and model.head.cal_acc would count nothing meaningful")
     return read(TrainSpec, cfg, "", model=model, train=data_spec(cfg, "train"), train_loader=loader_spec(cfg, "train"),
                 augment=train_pipeline(cfg), val=data_spec(cfg, "val") if validate else None,
                 val_loader=loader_spec(cfg, "val") if validate else None, val_metrics=metrics_spec(cfg, "val"),
-                optim=optim_spec(cfg), schedule=schedule_spec(cfg), loss=loss_spec(cfg, model.num_classes),
+                optim=optim_spec(cfg), schedule=schedule_spec(cfg), loss=loss, mix=mix,
                 ema=ema_spec(cfg), checkpoints=read(CheckpointPolicy, _section(cfg, "default_hooks.checkpoint"),
                                                     "default_hooks.checkpoint."),
-                runtime=read(RuntimeSpec, cfg, ""), source=_source(cfg))
+                runtime=read(RuntimeSpec, cfg, "", tensorboard=tensorboard(cfg)), source=_source(cfg))
 
 
 # --- The schema: every key a config may hold -----------------------------------------------------------------------
-_VIS = Items({"type": Fixed(("LocalVisBackend",), "the run writes log.jsonl and curves.png; TensorBoard and W&B "
-                                                  "logging are not implemented")})
+_VIS = Items({"type": Fixed(("LocalVisBackend", "TensorboardVisBackend"), "the run writes log.jsonl and curves.png, "
+                             "and TensorBoard scalars; W&B and MLflow logging are not implemented")})
 SCHEMA: dict[str, Any] = join(keys(TrainSpec), keys(RuntimeSpec), keys(EvalSpec), {
     "model": _MODEL,
     "data_preprocessor": _PREPROCESSOR,
     "dataset_type": Variable(ANY, "{train,val,test}_dataloader.dataset.type"),
+    "data_root": ANY,
     "train_pipeline": Variable(_PIPELINE, "train_dataloader.dataset.pipeline"),
     "test_pipeline": Variable(_PIPELINE, "test_dataloader.dataset.pipeline"),
     "train_dataloader": _DATALOADER,

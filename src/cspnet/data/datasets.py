@@ -313,6 +313,20 @@ class DataSpec:
     classes: tuple[str, ...] | str | None = None
     indices: int | tuple[int, ...] | None = None
 
+    def class_names(self) -> list[str]:
+        """The class names in label order, without listing the images (a folder per class: the folder names),
+        so a run can size its head before any weights load; what :meth:`build` would give."""
+        if self.kind == "CustomDataset" and not self.ann_file:
+            root = Path(self.root)
+            if self.classes is not None:
+                return _read_classes(self.classes, root)
+            image_dir = root / (self.data_prefix or self.split) if self.data_prefix or self.split else root
+            if image_dir.is_dir() and _subfolders(image_dir):
+                return _subfolders(image_dir)
+        if self.kind == "ImageNet":
+            return list(imagenet_classes())
+        return list(self.build().classes)  # an annotation file (or a folder that build() explains is wrong)
+
     def build(self, transform: Callable[[str], Any] | None = None) -> ImageDataset:
         if self.kind == "ImageNet":
             if self.classes is not None:

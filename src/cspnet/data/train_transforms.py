@@ -1,7 +1,8 @@
-"""The training augmentation of mmpretrain's CSPNet configs, with randomness that survives resuming.
+"""The training augmentation of mmpretrain's configs, with randomness that survives resuming.
 
-mmpretrain's ``RandomResizedCrop`` then ``RandomFlip`` (a config's, read by :func:`cspnet.config.train_pipeline`
-into a :class:`TrainPipeline`). :class:`TrainTransform` draws the same distributions in the same order, but from a
+mmpretrain's ``RandomResizedCrop``, ``RandomFlip``, ``RandAugment`` and ``RandomErasing`` (a config's, read by
+:func:`cspnet.config.train_pipeline` into a :class:`TrainPipeline`). :class:`TrainTransform` draws the same
+distributions in the same order, but from a
 generator seeded by ``(seed, epoch, sample index)`` instead of NumPy's global state, so an image's augmentation
 depends on neither the loader worker nor where a run was interrupted: a resumed run sees the very pixels of an
 uninterrupted one. :class:`TrainSampler` (a seeded shuffle per epoch that can skip what an interrupted epoch
@@ -17,6 +18,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .mixing import RandomErasing
+from .randaugment import RandAugment
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, RESAMPLING, ImageLike, load_image
 
 
@@ -26,7 +29,8 @@ class TrainPipeline:
     side; ``scale``: range of the crop's area as a fraction of the image (``crop_ratio_range``); ``ratio``: range of
     its aspect ratio w/h (``aspect_ratio_range``); ``max_attempts``: tries before mmpretrain's fallback (a centre
     crop with the aspect ratio clamped to ``ratio``); ``interpolation``: Pillow filter; ``flip_prob``: probability
-    of a horizontal flip; ``mean``/``std``: RGB on 0-255, applied on the batch."""
+    of a horizontal flip; ``rand_augment``/``erasing``: RandAugment and random erasing, or None; ``mean``/``std``:
+    RGB on 0-255, applied on the batch."""
 
     crop: int = 224
     scale: tuple[float, float] = (0.08, 1.0)
@@ -34,6 +38,8 @@ class TrainPipeline:
     max_attempts: int = 10
     interpolation: str = "bilinear"
     flip_prob: float = 0.0
+    rand_augment: RandAugment | None = None
+    erasing: RandomErasing | None = None
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
 
@@ -79,7 +85,12 @@ class TrainTransform:
         img = img.crop((left, top, left + tw, top + th)).resize((p.crop, p.crop), RESAMPLING[p.interpolation])
         if rng.random() < p.flip_prob:
             img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
+        if p.rand_augment is not None:
+            img = p.rand_augment(img, rng)
+        pixels = np.asarray(img, dtype=np.uint8)
+        if p.erasing is not None:
+            pixels = p.erasing(pixels, rng)
+        return torch.from_numpy(pixels.copy()).permute(2, 0, 1)
 
 
 def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:

@@ -6,18 +6,21 @@ A checkpoint is a dict of tensors, numbers, strings, lists, tuples and dicts onl
 ``epoch`` (epochs completed), ``iter`` (iterations done in the next epoch, non-zero only when interrupted
 mid-epoch), ``step`` (optimizer steps so far), ``rng`` (every rank's RNG states), ``seed``, ``best``
 (``{'top1', 'epoch', 'metric'}``), ``meta`` (``spec``: the :class:`~cspnet.models.ModelSpec` of the model,
-``dataset_meta.classes`` as mmpretrain, ``cspnet_version``) and ``config`` (the resolved config file's text, as
-mmengine keeps it). ``optimizer`` and ``scaler`` are None with ``save_optimizer=False``: weights, not resumable.
+``dataset_meta.classes`` as mmpretrain, ``cspnet_version``), ``run`` (what an exact resume must keep: batch size,
+processes, accumulation, epochs and schedule) and ``config`` (the resolved config file's text, as mmengine keeps it).
+``optimizer`` and ``scaler`` are None with ``save_optimizer=False``: weights, not resumable.
 
-Files in the work dir: ``epoch_N.pth`` after each epoch, ``iter_S.pth`` when interrupted, ``best.pth`` (a copy of
-the best epoch by validation top-1) and ``last_checkpoint``, a text file naming the newest one, as mmengine.
+Each run has its own folder in the work dir, ``<work_dir>/<YYYYmmdd_HHMMSS>/`` (as mmengine's log folders), so two
+runs never touch each other's files: ``epoch_N.pth`` after each epoch, ``iter_S.pth`` when interrupted, ``best.pth``
+(a copy of the best epoch by validation top-1), a ``.safetensors`` beside each (the weights every command uses, with
+the model's spec), ``last_checkpoint`` naming the newest ``.pth`` (as mmengine), and ``run.lock`` while it is live.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
-import re
 import shutil
 from pathlib import Path
 from typing import Any, Mapping
@@ -26,11 +29,12 @@ import numpy as np
 import torch
 
 from .._io import atomic_write
+from ..config import TrainSpec
 from ..errors import CheckpointError
 from ..spec import ModelSpec
 from ..weights.files import read_file
+from ..workdirs import LAST
 
-LAST = "last_checkpoint"
 _REQUIRED = ("model", "optimizer", "epoch", "step", "meta")
 
 
@@ -70,18 +74,6 @@ def copy_checkpoint(src: Path, dst: Path) -> None:
     atomic_write(dst, lambda tmp: shutil.copyfile(src, tmp))
 
 
-def find_latest(work_dir: str | os.PathLike) -> Path | None:
-    """The checkpoint ``last_checkpoint`` names, else the newest ``epoch_*.pth``/``iter_*.pth``; None if none."""
-    work_dir = Path(work_dir)
-    last = work_dir / LAST
-    if last.is_file():
-        p = work_dir / last.read_text().strip()
-        if p.is_file():
-            return p
-    found = [p for p in work_dir.glob("*.pth") if re.fullmatch(r"(epoch|iter)_\d+\.pth", p.name)]
-    return max(found, key=lambda p: p.stat().st_mtime) if found else None
-
-
 def load_checkpoint(path: str | os.PathLike) -> dict:
     """Read a training checkpoint written by :func:`save_checkpoint` (``weights_only``; never runs code).
 
@@ -97,18 +89,41 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     return dict(ckpt)
 
 
-def check_resumable(checkpoint: Mapping, spec: ModelSpec, path: str | os.PathLike) -> None:
-    """Refuse a checkpoint of another architecture or class count, or without optimizer state, before any build."""
-    meta = checkpoint["meta"]
-    held = ModelSpec.from_meta(meta.get("spec"), f"checkpoint {str(path)!r}") if isinstance(meta, Mapping) else None
-    if held is None or (held.arch, held.num_classes) != (spec.arch, spec.num_classes):
-        raise CheckpointError(f"cannot resume from {str(path)!r}: it was trained as {held.arch if held else '?'} with "
-                              f"{held.num_classes if held else '?'} classes, but the config builds {spec.arch} with "
-                              f"{spec.num_classes} classes. Resume with the config it was trained with, or start a "
-                              f"new run (set load_from to fine-tune from its weights)")
+def run_record(spec: TrainSpec, world_size: int) -> dict:
+    """What a resumed run must share with the run it continues (``checkpoint['run']``): the batch split and the
+    schedule fix which images each step sees and its learning rate."""
+    return {"batch_size": spec.train_loader.batch_size, "world_size": world_size,
+            "accumulate": spec.optim.accumulate, "max_epochs": spec.max_epochs,
+            "schedule": [dataclasses.asdict(s) for s in spec.schedule]}
+
+
+def check_resumable(checkpoint: Mapping, spec: TrainSpec, path: str | os.PathLike, world_size: int,
+                    classes: tuple[str, ...]) -> None:
+    """Refuse, before anything is built or written, a checkpoint that this run cannot continue exactly: another
+    architecture, head or class names (``classes``: the training set's), no optimizer state, or another batch split,
+    epoch count or schedule."""
+    meta, name = checkpoint["meta"], str(path)
+    held = ModelSpec.from_meta(meta.get("spec"), f"checkpoint {name!r}") if isinstance(meta, Mapping) else None
+    if held is None or (held.arch, held.num_classes) != (spec.model.arch, spec.model.num_classes):
+        raise CheckpointError(f"cannot resume from {name!r}: it was trained as {held.arch if held else '?'} with "
+                              f"{held.num_classes if held else '?'} classes, but the config builds {spec.model.arch} "
+                              f"with {spec.model.num_classes} classes. Resume with the config it was trained with, or "
+                              f"start a new run (set load_from to fine-tune from its weights)")
+    if held.classes is not None and tuple(held.classes) != tuple(classes):
+        raise CheckpointError(f"cannot resume from {name!r}: it was trained on classes {list(held.classes)[:10]} but "
+                              f"the training set now has {list(classes)[:10]}; the labels would change meaning. "
+                              f"Resume on the same data, or start a new run with load_from={name!r}")
     if checkpoint["optimizer"] is None:
-        raise CheckpointError(f"cannot resume from {str(path)!r}: it was saved without its optimizer state "
+        raise CheckpointError(f"cannot resume from {name!r}: it was saved without its optimizer state "
                               f"(default_hooks.checkpoint.save_optimizer=False); fine-tune from it with load_from")
+    was, now = checkpoint.get("run"), run_record(spec, world_size)
+    changed = [k for k in now if isinstance(was, Mapping) and k in was and was[k] != now[k]]
+    if changed:
+        what = "; ".join(f"{k}: {was[k]} then, {now[k]} now" for k in changed if k != "schedule")
+        raise CheckpointError(f"cannot resume from {name!r} exactly: {what or 'param_scheduler changed'}"
+                              f"{' (and param_scheduler)' if what and 'schedule' in changed else ''}. Resume with the "
+                              f"settings of that run (batch size x processes x accumulative_counts, max_epochs, "
+                              f"param_scheduler), or start a new run from its weights with load_from={name!r}")
 
 
 def load_model_state(model: torch.nn.Module, checkpoint: Mapping, path: str | os.PathLike) -> None:

@@ -36,19 +36,97 @@ def param_groups(model: nn.Module, weight_decay: float, norm_mult: float = 1.0, 
 
 
 def build_optimizer(model: nn.Module, spec: OptimSpec, lr_scale: float = 1.0) -> torch.optim.Optimizer:
-    """``torch.optim.<spec.kind>`` over ``model``'s trainable parameters. ``lr_scale`` multiplies the configured
-    ``lr`` (``--auto-scale-lr``); each group's starting ``lr`` is kept as ``initial_lr``, what :class:`LRSchedule`
-    scales."""
+    """``torch.optim.<spec.kind>`` (or :class:`RMSpropTF` for ``'RMSpropTF'``) over ``model``'s trainable
+    parameters. ``lr_scale`` multiplies the configured ``lr`` (``--auto-scale-lr``); each group's starting ``lr`` is
+    kept as ``initial_lr``, what :class:`LRSchedule` scales."""
     groups = param_groups(model, spec.weight_decay, spec.norm_decay_mult, spec.bias_decay_mult)
     if not groups:
         raise ConfigError("the model has no trainable parameters (are all stages frozen?)")
+    kind = RMSpropTF if spec.kind == "RMSpropTF" else getattr(torch.optim, spec.kind)
     try:
-        optimizer = getattr(torch.optim, spec.kind)(groups, lr=spec.lr * lr_scale, **dict(spec.args))
+        optimizer = kind(groups, lr=spec.lr * lr_scale, **dict(spec.args))
     except (TypeError, ValueError) as e:
         raise ConfigError(f"optim_wrapper.optimizer: {e}") from None
     for g in optimizer.param_groups:
         g["initial_lr"] = g["lr"]
     return optimizer
+
+
+class RMSpropTF(torch.optim.Optimizer):
+    """timm's ``RMSpropTF``: RMSprop as TensorFlow's, so TF (EfficientNet-style) hyper-parameters carry over.
+
+    Per step, with ``g`` the gradient (plus ``weight_decay * p`` unless ``decoupled_decay``, which instead scales
+    ``p`` by ``1 - lr * weight_decay`` first)::
+
+        ms = ms + (1 - alpha) * (g**2 - ms)             # starts at ones (torch's RMSprop: zeros)
+        mg = mg + (1 - alpha) * (g - mg)                # centered only; then ms - mg**2 replaces ms below
+        mom = momentum * mom + lr * g / sqrt(ms + eps)  # eps inside the sqrt; p -= mom
+        # lr_in_momentum=False: mom = momentum * mom + g / sqrt(ms + eps); p -= lr * mom
+        # momentum=0: p -= lr * g / sqrt(ms + eps)
+
+    timm's ``caution`` and ``corrected_weight_decay`` options are left out.
+    """
+
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-2,
+        alpha: float = 0.9,
+        eps: float = 1e-10,
+        weight_decay: float = 0.0,
+        momentum: float = 0.0,
+        centered: bool = False,
+        decoupled_decay: bool = False,
+        lr_in_momentum: bool = True,
+    ):
+        for name, v in (("lr", lr), ("alpha", alpha), ("eps", eps), ("weight_decay", weight_decay),
+                        ("momentum", momentum)):
+            if not v >= 0:
+                raise ValueError(f"RMSpropTF: {name} must be >= 0, got {v}")
+        defaults = dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum, centered=centered,
+                        decoupled_decay=decoupled_decay, lr_in_momentum=lr_in_momentum)
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, wd, momentum = group["lr"], group["weight_decay"], group["momentum"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                g, state = p.grad, self.state[p]
+                if not state:
+                    state["square_avg"] = torch.ones_like(p)
+                    if momentum > 0:
+                        state["momentum_buffer"] = torch.zeros_like(p)
+                    if group["centered"]:
+                        state["grad_avg"] = torch.zeros_like(p)
+                if wd != 0:
+                    if group["decoupled_decay"]:
+                        p.mul_(1 - lr * wd)
+                    else:
+                        g = g.add(p, alpha=wd)
+                ms = state["square_avg"]
+                ms.add_(g * g - ms, alpha=1 - group["alpha"])  # TF's order of operations
+                if group["centered"]:
+                    mg = state["grad_avg"]
+                    mg.add_(g - mg, alpha=1 - group["alpha"])
+                    avg = ms.addcmul(mg, mg, value=-1).add_(group["eps"]).sqrt_()
+                else:
+                    avg = ms.add(group["eps"]).sqrt_()
+                if momentum > 0:
+                    buf = state["momentum_buffer"].mul_(momentum)
+                    if group["lr_in_momentum"]:
+                        p.sub_(buf.addcdiv_(g, avg, value=lr))
+                    else:
+                        p.add_(buf.addcdiv_(g, avg), alpha=-lr)
+                else:
+                    p.addcdiv_(g, avg, value=-lr)
+        return loss
 
 
 class LRSchedule:

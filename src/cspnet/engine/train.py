@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import random
+import shutil
 import signal
 import threading
 import time
@@ -27,8 +28,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
-from .. import weights
+from .. import weights, workdirs
 from .._io import atomic_write
 from .._version import __version__
 from ..config import LossSpec, TrainSpec
@@ -37,7 +40,9 @@ from ..data.train_transforms import TrainSampler, TrainSet, TrainTransform
 from ..data.transforms import EvalTransform
 from ..errors import CheckpointError, ConfigError, TrainingError
 from ..models import ImageClassifier
+from ..plotting import plot_runs
 from ..spec import ModelSpec
+from ..weights.files import save_state_dict
 from . import checkpoint as ckpt_lib
 from .distributed import (DistInfo, all_gather_object, broadcast_object, destroy_distributed, init_distributed,
                           is_distributed, rank0_first, setup_logging)
@@ -45,6 +50,7 @@ from .evaluate import eval_loader, evaluate
 from .optim import LRSchedule, ModelEma, build_optimizer
 
 log = logging.getLogger("cspnet")
+_MIX_STREAM = 1  # keeps the batch-mixing generators apart from the per-sample ones (seeded (seed, epoch, index))
 
 
 class StopRequest:
@@ -103,6 +109,7 @@ class TrainRun:
     model_spec: ModelSpec
     stop: StopRequest
     amp: torch.dtype | None
+    board: Any = None  # a torch.utils.tensorboard SummaryWriter (vis_backends), on rank 0
     step: int = 0
     best: dict = field(default_factory=lambda: {"top1": None, "epoch": None})
     t_start: float = 0.0
@@ -133,10 +140,15 @@ class _Window:
     seen: int = 0
 
 
-def _log_train(run: TrainRun, epoch: int, i: int, iters: int, lr: float, window: _Window) -> None:
+def _eta(run: TrainRun, epoch: int, i: int, iters: int) -> tuple[float, str]:
+    """The run's time left after iteration ``i``, from its mean step time so far: seconds, and as h:mm:ss."""
     left = (run.spec.max_epochs - epoch - 1) * iters + (iters - i - 1)
     eta = (time.perf_counter() - run.t_start) / max(1, run.iters_this_run) * left
-    eta_hms = f"{int(eta) // 3600}:{int(eta) // 60 % 60:02d}:{int(eta) % 60:02d}"
+    return eta, f"{int(eta) // 3600}:{int(eta) // 60 % 60:02d}:{int(eta) % 60:02d}"
+
+
+def _log_train(run: TrainRun, epoch: int, i: int, iters: int, lr: float, window: _Window) -> None:
+    eta, eta_hms = _eta(run, epoch, i, iters)
     loss, img_s = window.loss / window.n, window.images / max(time.perf_counter() - window.start, 1e-9)
     acc = {f"acc/top{k}": round(100 * float(h) / window.seen, 4) for k, h in window.hits.items()}
     log.info("Epoch(train) [%d][%*d/%d]  lr: %.4e  eta: %s  loss: %.4f%s  img/s: %.1f  data_time: %.3f", epoch + 1,
@@ -148,15 +160,23 @@ def _log_train(run: TrainRun, epoch: int, i: int, iters: int, lr: float, window:
 
 
 def _append_jsonl(run: TrainRun, record: dict) -> None:
+    """One line of ``log.jsonl`` (and, with TensorBoard, its numbers as scalars ``<mode>/<key>`` at its step)."""
     if run.dist.is_main:
         with open(run.work_dir / "log.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps({**record, "time": round(time.time(), 3)}) + "\n")
+        if run.board is not None:
+            for key, value in record.items():
+                if key not in ("mode", "step", "epoch", "iter", "iters") and isinstance(value, (int, float)):
+                    run.board.add_scalar(f"{record['mode']}/{key}", value, record["step"])
+            run.board.flush()
 
 
-def _loss(criterion: LossSpec, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """``model.head.loss``: logits ``(N, C)`` (float32 for the softmax, whatever autocast gave), labels ``(N,)``."""
+def _loss(criterion: LossSpec, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``model.head.loss``: logits ``(N, C)`` (float32 for the softmax, whatever autocast gave); targets: labels
+    ``(N,)``, or Mixup/CutMix's soft targets ``(N, C)``, which torch smooths as mmpretrain's LabelSmoothLoss does
+    (``t * (1 - eps) + eps / C``). The config refuses ``class_weight`` with mixing."""
     weight = torch.tensor(criterion.class_weight, device=logits.device) if criterion.class_weight else None
-    return criterion.weight * F.cross_entropy(logits.float(), labels, weight=weight, reduction=criterion.reduction,
+    return criterion.weight * F.cross_entropy(logits.float(), targets, weight=weight, reduction=criterion.reduction,
                                               label_smoothing=criterion.label_smooth)
 
 
@@ -164,51 +184,73 @@ def train_one_epoch(run: TrainRun, epoch: int, start_iter: int = 0) -> bool:
     """Train ``epoch`` (0-based) from micro-batch ``start_iter``; returns whether a stop was requested (on any rank)
     during the epoch's last step. Raises :class:`Interrupted` after writing ``iter_<step>.pth`` on a stop request
     mid-epoch, and :class:`TrainingError` on a non-finite loss."""
-    device, accumulate, criterion = run.dist.device, run.spec.optim.accumulate, run.spec.loss
+    accumulate, topk = run.spec.optim.accumulate, run.spec.loss.topk
     run.sampler.set_epoch(epoch, skip=start_iter * run.train_loader.batch_size)
     iters = start_iter + len(run.train_loader)
     run.net.train()
     window, data_start, stop = _Window(), time.perf_counter(), False
-    for i, (images, labels) in enumerate(run.train_loader, start=start_iter):
-        window.data_time += time.perf_counter() - data_start
-        first, last = i % accumulate == 0, (i + 1) % accumulate == 0 or i + 1 == iters
-        if first:
-            lr = run.schedule.apply(run.optimizer, run.step)
-        x = run.eval_transform.normalize(images.to(device, non_blocking=True))
-        if run.spec.runtime.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        labels = labels.to(device, non_blocking=True)
-        with (contextlib.nullcontext() if last or run.dist.world_size == 1 else run.net.no_sync()):
-            with torch.autocast(device.type, dtype=run.amp or torch.float32, enabled=run.amp is not None):
-                logits = run.net(x)
-            loss = _loss(criterion, logits, labels)
-            run.scaler.scale(loss / accumulate).backward()
-        loss_value, stop = _sync_flags(run, loss, bool(run.stop.signum))
-        if not math.isfinite(loss_value):
-            raise TrainingError(f"the loss is {loss_value} at epoch {epoch + 1}, iteration {i + 1} (step {run.step}); "
-                                f"stopped before the optimizer step, the last checkpoint in {str(run.work_dir)!r} is "
-                                f"untouched. Lower the learning rate, add optim_wrapper.clip_grad=dict(max_norm=...), "
-                                f"or check the data")
-        if last:
-            _optimizer_step(run)
-            if run.ema is not None:
-                run.ema.update(run.model, run.step, epoch)
-        window.loss, window.n = window.loss + loss_value, window.n + 1
-        window.images += x.shape[0] * run.dist.world_size
-        if criterion.topk:
-            ranked = logits.detach().topk(min(max(criterion.topk), logits.shape[1]), dim=1).indices == labels[:, None]
-            for k in criterion.topk:
-                window.hits[k] = window.hits.get(k, 0) + ranked[:, :k].any(1).sum()
-            window.seen += labels.shape[0]
-        run.iters_this_run += 1
-        if (i + 1) % run.spec.runtime.log_interval == 0 or i + 1 == iters:
-            _log_train(run, epoch, i, iters, lr, window)
-            window = _Window()
-        if stop and last and i + 1 < iters:
-            path = _save(run, epoch, i + 1, f"iter_{run.step}.pth")
-            raise Interrupted(run.stop.signum or signal.SIGTERM, path)
-        data_start = time.perf_counter()
+    # a bar on a terminal (rank 0); the log lines go above it, and on to train.log as ever
+    bar = tqdm(total=iters, initial=start_iter, desc=f"epoch {epoch + 1}/{run.spec.max_epochs}", unit="step",
+               leave=False, dynamic_ncols=True, disable=None if run.dist.is_main else True)
+    with bar, logging_redirect_tqdm([log]) if not bar.disable else contextlib.nullcontext():
+        for i, (images, labels) in enumerate(run.train_loader, start=start_iter):
+            window.data_time += time.perf_counter() - data_start
+            last = (i + 1) % accumulate == 0 or i + 1 == iters
+            if i % accumulate == 0:
+                lr = run.schedule.apply(run.optimizer, run.step)
+            labels = labels.to(run.dist.device, non_blocking=True)
+            loss, logits, stop = _train_step(run, images, labels, last, epoch, i)
+            window.loss, window.n = window.loss + loss, window.n + 1
+            window.images += images.shape[0] * run.dist.world_size
+            if topk:
+                ranked = logits.detach().topk(min(max(topk), logits.shape[1]), dim=1).indices == labels[:, None]
+                for k in topk:
+                    window.hits[k] = window.hits.get(k, 0) + ranked[:, :k].any(1).sum()
+                window.seen += labels.shape[0]
+            run.iters_this_run += 1
+            bar.update()
+            if not bar.disable:
+                img_s = images.shape[0] * run.dist.world_size * (bar.format_dict["rate"] or 0)  # steps/s -> images/s
+                left = _eta(run, epoch, i, iters)[1]
+                bar.set_postfix_str(f"loss {loss:.4f}  lr {lr:.3e}  {img_s:.1f} img/s  {left} left", refresh=False)
+            if (i + 1) % run.spec.runtime.log_interval == 0 or i + 1 == iters:
+                _log_train(run, epoch, i, iters, lr, window)
+                window = _Window()
+            if stop and last and i + 1 < iters:
+                path = _save(run, epoch, i + 1, f"iter_{run.step}.pth")
+                raise Interrupted(run.stop.signum or signal.SIGTERM, path)
+            data_start = time.perf_counter()
     return stop
+
+
+def _train_step(run: TrainRun, images: torch.Tensor, labels: torch.Tensor, step_end: bool, epoch: int,
+                i: int) -> tuple[float, torch.Tensor, bool]:
+    """Forward and backward of micro-batch ``i``, and the optimizer step when it ends a step: uint8 images
+    ``(N, 3, H, W)`` and labels ``(N,)`` (on the device) -> (the loss averaged over ranks, logits ``(N, C)``, whether
+    any rank was asked to stop)."""
+    x = run.eval_transform.normalize(images.to(run.dist.device, non_blocking=True))
+    targets = labels
+    if run.spec.mix is not None:  # soft targets; drawn from this micro-batch's own generator, so resuming is exact
+        rng = np.random.default_rng((run.seed, epoch, i, run.dist.rank, _MIX_STREAM))
+        x, targets = run.spec.mix(x, labels, run.model.num_classes, rng)
+    if run.spec.runtime.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with (contextlib.nullcontext() if step_end or run.dist.world_size == 1 else run.net.no_sync()):
+        with torch.autocast(x.device.type, dtype=run.amp or torch.float32, enabled=run.amp is not None):
+            logits = run.net(x)
+        loss = _loss(run.spec.loss, logits, targets)
+        run.scaler.scale(loss / run.spec.optim.accumulate).backward()
+    loss_value, stop = _sync_flags(run, loss, bool(run.stop.signum))
+    if not math.isfinite(loss_value):
+        raise TrainingError(f"the loss is {loss_value} at epoch {epoch + 1}, iteration {i + 1} (step {run.step}); "
+                            f"stopped before the optimizer step, the last checkpoint in {str(run.work_dir)!r} is "
+                            f"untouched. Lower the learning rate, add optim_wrapper.clip_grad=dict(max_norm=...), "
+                            f"or check the data")
+    if step_end:
+        _optimizer_step(run)
+        if run.ema is not None:
+            run.ema.update(run.model, run.step, epoch)
+    return loss_value, logits, stop
 
 
 def _optimizer_step(run: TrainRun) -> None:
@@ -264,7 +306,7 @@ def _state(run: TrainRun, epoch: int, iteration: int, rngs: list) -> dict:
         "epoch": epoch, "iter": iteration, "step": run.step, "rng": rngs, "seed": run.seed, "best": dict(run.best),
         "meta": {"spec": run.model_spec.to_meta(), "dataset_meta": {"classes": list(run.model_spec.classes or ())},
                  "cspnet_version": __version__},
-        "config": run.spec.source.text,
+        "run": ckpt_lib.run_record(run.spec, run.dist.world_size), "config": run.spec.source.text,
     }
 
 
@@ -274,9 +316,20 @@ def _save(run: TrainRun, epoch: int, iteration: int, name: str) -> Path:
     rngs = all_gather_object(ckpt_lib.rng_state())  # a collective: every rank calls _save at the same point
     path = run.work_dir / name
     if run.dist.is_main:
-        ckpt_lib.save_checkpoint(_state(run, epoch, iteration, rngs), path)
+        state = _state(run, epoch, iteration, rngs)
+        if name.startswith("epoch_"):  # the inference file first: last_checkpoint must name a complete pair
+            _save_inference_file(run, path.with_suffix(".safetensors"))
+        ckpt_lib.save_checkpoint(state, path)
         log.info("saved checkpoint %s", path)
     return path
+
+
+def _save_inference_file(run: TrainRun, path: Path) -> None:
+    """The weights every command uses by default (the EMA's when the EMA's top-1 chooses ``best``, as
+    :func:`cspnet.weights.files.read_weights` decides for the ``.pth``) with the model's spec: a few MB for predict,
+    test, export, timm and (after ``cspnet convert``) mmpretrain."""
+    ema = run.ema is not None and run.best.get("metric") == "ema_top1"
+    save_state_dict((run.ema.module if ema else run.model).state_dict(), path, "cspnet", run.model_spec)
 
 
 def _prune(run: TrainRun) -> None:
@@ -287,6 +340,7 @@ def _prune(run: TrainRun) -> None:
     epochs = sorted(run.work_dir.glob("epoch_*.pth"), key=lambda p: int(p.stem.split("_")[1])) if keep > 0 else []
     for path in [*run.work_dir.glob("iter_*.pth"), *epochs[:-keep]]:
         path.unlink(missing_ok=True)
+        path.with_suffix(".safetensors").unlink(missing_ok=True)
 
 
 def _resume(run: TrainRun, checkpoint: dict, path: Path) -> tuple[int, int]:
@@ -339,9 +393,11 @@ def _seed_everything(seed: int, rank: int, spec: TrainSpec) -> None:
 def _build_model(spec: TrainSpec, dist: DistInfo, load_from: bool | str | None, where: dict) -> ImageClassifier:
     """The classifier of ``spec.model``, with ``load_from`` weights (path, URL or True: the published ones) for
     fine-tuning: every weight, but a head of another width."""
+    # the weights first: a missing file fails before seconds of random initialisation
+    found = rank0_first(lambda: weights.read(load_from, spec.model.arch, **where),
+                        f"load_from={load_from!r}") if load_from else None
     model = spec.model.build()
-    if load_from:
-        found = rank0_first(lambda: weights.read(load_from, spec.model.arch, **where), f"load_from={load_from!r}")
+    if found is not None:
         weights.load_state(model, found)
         head = "" if found.num_classes == model.num_classes else f" but its {found.num_classes or 'missing'}-class head"
         log.info("initialised from %s (every weight%s)", found.source, head)
@@ -351,13 +407,9 @@ def _build_model(spec: TrainSpec, dist: DistInfo, load_from: bool | str | None, 
     return model
 
 
-def _build_data(spec: TrainSpec, dist: DistInfo, seed: int, num_classes: int):
+def _build_data(spec: TrainSpec, dist: DistInfo, seed: int):
     loader = spec.train_loader
     train_set = spec.train.build()
-    if len(train_set.classes) != num_classes:
-        raise ConfigError(f"the training set has {len(train_set.classes)} classes ({train_set.source}) but "
-                          f"model.head.num_classes={num_classes}: set --cfg-options "
-                          f"model.head.num_classes={len(train_set.classes)}")
     sampler = TrainSampler(len(train_set), seed if loader.seed is None else loader.seed, dist.rank, dist.world_size,
                            shuffle=loader.shuffle)
     data = TrainSet(train_set.samples, TrainTransform(spec.augment), seed)
@@ -388,20 +440,18 @@ def _scaler(spec: TrainSpec, amp: torch.dtype | None, device: torch.device) -> t
         raise ConfigError(f"optim_wrapper.loss_scale={dict(kwargs)}: {e}") from None
 
 
-def setup_run(spec: TrainSpec, work_dir: Path, dist: DistInfo, resume_from: Path | None, stop: StopRequest,
-              where: dict | None = None) -> tuple[TrainRun, int, int]:
-    """Build model, data, optimizer, schedule, EMA and DDP for ``spec``; load ``resume_from``. Returns the run and
-    where to start ``(epoch, iteration)``."""
-    checkpoint = ckpt_lib.load_checkpoint(resume_from) if resume_from else None
-    if checkpoint:  # before building anything: a wrong checkpoint fails in a second
-        ckpt_lib.check_resumable(checkpoint, spec.model, resume_from)
+def setup_run(spec: TrainSpec, work_dir: Path, dist: DistInfo, checkpoint: dict | None, stop: StopRequest,
+              where: dict | None = None, resume_from: Path | None = None) -> tuple[TrainRun, int, int]:
+    """Build model, data, optimizer, schedule, EMA and DDP for ``spec`` in the run folder ``work_dir``; load
+    ``checkpoint`` (read from ``resume_from`` and checked by :func:`cspnet.engine.checkpoint.check_resumable`).
+    Returns the run and where to start ``(epoch, iteration)``."""
     # one seed for every rank: the data order must agree; a resumed run keeps its seed
     seed = checkpoint["seed"] if checkpoint else spec.runtime.seed
     if seed is None:
         seed = broadcast_object(int(torch.randint(0, 2**31 - 1, ()).item()))
     _seed_everything(int(seed), dist.rank, spec)
     model = _build_model(spec, dist, None if checkpoint else spec.load_from, where or {})
-    sampler, train_loader, val_loader, eval_transform, classes = _build_data(spec, dist, seed, model.num_classes)
+    sampler, train_loader, val_loader, eval_transform, classes = _build_data(spec, dist, seed)
     world_batch = train_loader.batch_size * dist.world_size * spec.optim.accumulate
     lr_scale = world_batch / spec.base_batch_size if spec.auto_scale_lr else 1.0
     optimizer = build_optimizer(model, spec.optim, lr_scale)
@@ -428,13 +478,61 @@ def setup_run(spec: TrainSpec, work_dir: Path, dist: DistInfo, resume_from: Path
     return run, start[0], start[1]
 
 
+def _run_dir(work_dir: Path, resume_from: Path | None, dist: DistInfo) -> Path:
+    """The folder this run writes: the resumed checkpoint's own run folder (when it is in ``work_dir``), else a new
+    timestamped one (rank 0 makes it; every rank gets its name)."""
+    if resume_from is not None:
+        folder = resume_from.resolve().parent
+        if folder == work_dir.resolve() or folder.parent == work_dir.resolve():
+            return folder
+    return Path(broadcast_object(str(workdirs.new_run_dir(work_dir)) if dist.is_main else None))
+
+
+def _check_start(spec: TrainSpec, resume: Path | None, dist: DistInfo) -> dict | None:
+    """What can be checked before any weights load or file is written: the head against the data, and a resumed
+    checkpoint against the run it would continue. Returns that checkpoint (None for a new run)."""
+    classes = tuple(spec.train.class_names())
+    if len(classes) != spec.model.num_classes:
+        raise ConfigError(f"the training set has {len(classes)} classes ({spec.train.root}) but "
+                          f"model.head.num_classes={spec.model.num_classes}: set --cfg-options "
+                          f"model.head.num_classes={len(classes)}, or leave it unset (None) to take the data's")
+    checkpoint = ckpt_lib.load_checkpoint(resume) if resume else None
+    if checkpoint:
+        ckpt_lib.check_resumable(checkpoint, spec, resume, dist.world_size, classes)
+    return checkpoint
+
+
+def _start(spec: TrainSpec, run_dir: Path, dist: DistInfo, checkpoint: dict | None, stop: StopRequest, where: dict,
+           resume: Path | None) -> tuple[TrainRun, int, int]:
+    """:func:`setup_run` logging into ``run_dir``; then (rank 0) the resolved config and TensorBoard there. A new
+    run that cannot start leaves no folder behind: its log went to stderr too."""
+    setup_logging(dist.rank, spec.runtime.log_level, run_dir / "train.log")
+    try:
+        run, epoch, start_iter = setup_run(spec, run_dir, dist, checkpoint, stop, where, resume)
+    except BaseException:
+        if dist.is_main and not (resume and run_dir.samefile(resume.parent)):
+            setup_logging(dist.rank, spec.runtime.log_level)  # closes train.log
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    if dist.is_main:
+        if resume:
+            _truncate_log(run_dir, run.step)
+        spec.source.dump(run_dir)
+        if spec.runtime.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            run.board = SummaryWriter(str(run_dir / "vis_data"))  # where mmengine's TensorBoard backend writes
+    return run, epoch, start_iter
+
+
 def fit(spec: TrainSpec, work_dir: str | os.PathLike | None = None, resume_from: str | os.PathLike | None = None,
         **where) -> dict:
-    """Train ``spec`` into ``work_dir`` (default: the spec's, else ``work_dirs/<config name>``). ``where``: where
-    ``load_from`` weights come from (see :func:`cspnet.weights.sources.resolve`).
+    """Train ``spec`` into a new run folder ``<work_dir>/<YYYYmmdd_HHMMSS>`` (``work_dir`` default: the spec's, else
+    ``work_dirs/<config name>``), or continue ``resume_from`` in its own run folder. ``where``: where ``load_from``
+    weights come from (see :func:`cspnet.weights.sources.resolve`).
 
     Returns ``{'best_top1', 'best_epoch', 'best_metric' ('top1' or 'ema_top1'), 'last': the last val record,
-    'epochs', 'work_dir', 'checkpoint'}``.
+    'epochs', 'work_dir': the run folder, 'checkpoint'}``.
 
     Raises:
         Interrupted: after SIGTERM/SIGINT, once the checkpoint is written (``exit_code`` = 128 + signal).
@@ -447,19 +545,35 @@ def fit(spec: TrainSpec, work_dir: str | os.PathLike | None = None, resume_from:
     saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
              torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
     try:
-        setup_logging(dist.rank, spec.runtime.log_level, work_dir / "train.log")  # on rank 0, creates work_dir
-        with StopRequest() as stop:
-            resume = Path(resume_from) if resume_from else None
-            run, epoch, start_iter = setup_run(spec, work_dir, dist, resume, stop, where)
-            if dist.is_main:
-                if resume_from:
-                    _truncate_log(work_dir, run.step)
-                spec.source.dump(work_dir)
-            return _fit_loop(run, epoch, start_iter)
+        setup_logging(dist.rank, spec.runtime.log_level)  # stderr only: nothing is written before the checks pass
+        resume = Path(resume_from) if resume_from else None
+        checkpoint = _check_start(spec, resume, dist)
+        run_dir = _run_dir(work_dir, resume, dist)
+        with workdirs.run_lock(run_dir) if dist.is_main else contextlib.nullcontext(), StopRequest() as stop:
+            run, epoch, start_iter = _start(spec, run_dir, dist, checkpoint, stop, where, resume)
+            try:
+                return _fit_loop(run, epoch, start_iter)
+            finally:  # the curves of what was done, also after an interrupt or an error
+                if dist.is_main:
+                    _draw(run_dir)
+                    if run.board is not None:
+                        run.board.close()
     finally:
-        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+        # only when changed: the call imports torch._dynamo (~2 s), which a run that fails at once should not pay
+        if (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()) \
+                != saved[:2]:
+            torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved[2], saved[3]
         destroy_distributed()
+
+
+def _draw(run_dir: Path) -> None:
+    """``curves.png`` from the run's log. A picture must never end a run, nor hide the error that did."""
+    if (run_dir / "log.jsonl").is_file():
+        try:
+            plot_runs([run_dir / "log.jsonl"], run_dir / "curves.png")
+        except Exception as e:  # noqa: BLE001 (matplotlib's errors have no common type)
+            log.warning("could not draw %s: %s", run_dir / "curves.png", e)
 
 
 def _fit_loop(run: TrainRun, epoch: int, start_iter: int) -> dict:
@@ -490,41 +604,12 @@ def _fit_loop(run: TrainRun, epoch: int, start_iter: int) -> dict:
             path = _save(run, done, 0, f"epoch_{done}.pth")
             if improved and run.dist.is_main:
                 ckpt_lib.copy_checkpoint(path, run.work_dir / "best.pth")
+                ckpt_lib.copy_checkpoint(path.with_suffix(".safetensors"), run.work_dir / "best.safetensors")
             _prune(run)
+        if run.dist.is_main:
+            _draw(run.work_dir)  # a picture of the run so far
         if stop and done < spec.max_epochs:
             raise Interrupted(run.stop.signum or signal.SIGTERM, path)
-    if run.dist.is_main:
-        plot_curves(run.work_dir / "log.jsonl", run.work_dir / "curves.png")
     return {"best_top1": run.best["top1"], "best_epoch": run.best["epoch"], "best_metric": run.best.get("metric"),
             "last": last, "epochs": spec.max_epochs, "work_dir": str(run.work_dir),
-            "checkpoint": str(ckpt_lib.find_latest(run.work_dir))}
-
-
-def plot_curves(log_path: str | os.PathLike, png_path: str | os.PathLike) -> Path | None:
-    """Plot training loss per step and validation top-1 per epoch from ``log.jsonl`` into a PNG; returns its path, or
-    None (with a log line) when matplotlib is not installed (``pip install cspnet[plot]``)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        log.info("matplotlib is not installed: no %s (pip install 'cspnet[plot]')", png_path)
-        return None
-    rows = [json.loads(ln) for ln in Path(log_path).read_text(encoding="utf-8").splitlines() if ln.strip()]
-    train = [r for r in rows if r.get("mode") == "train"]
-    val = [r for r in rows if r.get("mode") == "val"]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    ax1.plot([r["step"] for r in train], [r["loss"] for r in train], lw=1)
-    ax1.set(xlabel="optimizer step", ylabel="training loss", title="loss")
-    for key, label in (("top1", "top-1"), ("ema_top1", "EMA top-1"), ("top5", "top-5")):
-        pts = [(r["epoch"], r[key]) for r in val if key in r]
-        if pts:
-            ax2.plot(*zip(*pts), marker="o", label=label)
-    ax2.set(xlabel="epoch", ylabel="accuracy (%)", title="validation")
-    if val:
-        ax2.legend()
-    fig.tight_layout()
-    atomic_write(png_path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
-    plt.close(fig)
-    return Path(png_path)
+            "checkpoint": str(workdirs.find_latest(run.work_dir))}

@@ -220,17 +220,30 @@ def from_mirror(search: Search) -> Path | None:
     return _download_first(search, [(f"{base}/{name}", name, sha) for name, sha in names], "mirror: ")
 
 
+def _resolves(url: str) -> bool:
+    """Whether the host of ``url`` has an address: one DNS lookup, where huggingface_hub would retry a failed
+    connection five times with back-off (~30 s) before giving up on a machine without network."""
+    try:
+        socket.getaddrinfo(urllib.parse.urlparse(url).hostname or "", 443)
+        return True
+    except (socket.gaierror, UnicodeError):
+        return False
+
+
 def from_hub(search: Search) -> Path | None:
     home = os.environ.get("HF_HOME")  # read at call time: huggingface_hub reads its environment once, at import
     cache = os.environ.get("HF_HUB_CACHE") or (str(Path(home) / "hub") if home else None)
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    local = bool(search.offline) or not (search.hub and _resolves(endpoint))
+    why = " (offline: local Hub cache only)" if search.offline else f" ({endpoint} unreachable: local Hub cache only)"
     for s in search.hub:
         try:
             from huggingface_hub import hf_hub_download
 
-            return Path(hf_hub_download(s.repo_id, s.filename, cache_dir=cache, local_files_only=bool(search.offline)))
+            return Path(hf_hub_download(s.repo_id, s.filename, cache_dir=cache, local_files_only=local))
         except Exception as e:  # huggingface_hub raises many types: offline, HTTP, connection, auth
             msg = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
-            search.tried.append(f"{s.describe()}{' (offline: local Hub cache only)' if search.offline else ''}: {msg}")
+            search.tried.append(f"{s.describe()}{why if local else ''}: {msg}")
     return None
 
 
@@ -259,11 +272,12 @@ def resolve(weights_name: str, sources: Sequence[HubFile | UrlFile], **where) ->
     lines = "\n".join(f"  - {t}" for t in search.tried)
     files = ", ".join(local_names(weights_name, sources))
     raise WeightsNotFoundError(f"no source could provide the weights of {weights_name}. Tried:\n{lines}\nTo provide "
-                               f"them: pass pretrained='/path/to/file' (any of the timm, mmpretrain or cspnet "
-                               f"layouts), or put the file (named one of: {files}) in a folder given by weights_dir= "
-                               f"or $CSPNET_WEIGHTS_DIR, or set $CSPNET_MIRROR to a server holding it, or fill the "
-                               f"Hugging Face cache on a connected machine (`cspnet download {weights_name}`) and "
-                               f"copy it over.")
+                               f"them: give a file in any of the timm, mmpretrain or cspnet layouts (--weights FILE on "
+                               f"the command line, load_from=PATH in a training config, pretrained='PATH' in Python), "
+                               f"or put the file (named one of: {files}) in a folder given by --weights-dir or "
+                               f"$CSPNET_WEIGHTS_DIR, or set $CSPNET_MIRROR to a server holding it, or fill the "
+                               f"Hugging Face cache on a connected machine (`cspnet download {weights_name}`) and copy it "
+                               f"over. Without a network, $CSPNET_OFFLINE=1 skips the downloads.")
 
 
 def is_url(s: str) -> bool:
