@@ -150,8 +150,8 @@ def stages(args, data: Path, device: torch.device) -> list[list[str]]:
     the model on ready batches."""
     import cspnet
     from cspnet import config as C
-    from cspnet.data.loader import build_eval_loader
-    from cspnet.data.resample import DecodeForResize, DeviceResize, ResizeBatch, resize_crop
+    from cspnet.data.loader import DecodeForResize, build_eval_loader
+    from cspnet.data.resample import DeviceResize, ResizeBatch, resize_crop
     from cspnet.data.transforms import EvalTransform, _libjpeg_decoder
 
     spec = C.eval_spec(C.load_config(str(common.REPO / common.CONFIGS[args.arch]),

@@ -48,7 +48,8 @@ def main() -> int:
     from bench_eval import make_dataset
 
     import cspnet
-    from cspnet.data.resample import DecodeForResize, DeviceResize, ResizeBatch
+    from cspnet.data.loader import DecodeForResize
+    from cspnet.data.resample import DeviceResize, ResizeBatch
     from cspnet.data.transforms import EvalPreset, EvalTransform
     from cspnet.data.gpu_decode import GpuJpegDecoder, JpegReader
     from cspnet.weights.convert import convert_state_dict

@@ -163,3 +163,18 @@ def test_settings_this_library_cannot_honour_are_errors(options, message):
     cfg = C.load_config(CONFIGS / "cspresnet50_8xb32_in1k.py", options)
     with pytest.raises(ConfigError, match=message):
         C.eval_spec(cfg)
+
+
+@pytest.mark.reliability("config-is-code")
+def test_a_config_file_is_code_and_runs_when_read(tmp_path):
+    """As mmengine's: reading a config runs it (README "Trust"); checkpoints, by contrast, never run code. A config
+    that raises says which file, and a config from a folder the user names is read from there only."""
+    marker = tmp_path / "ran"
+    cfg = tmp_path / "c.py"
+    cfg.write_text(f"import pathlib\npathlib.Path({str(marker)!r}).write_text('yes')\nmodel = dict()\n")
+    C.load_config(cfg, schema=None)
+    assert marker.read_text() == "yes"
+    bad = tmp_path / "bad.py"
+    bad.write_text("raise RuntimeError('boom')\n")
+    with pytest.raises(ConfigError, match=r"bad\.py.*boom"):
+        C.load_config(bad, schema=None)

@@ -10,7 +10,8 @@ import torch
 from PIL import Image
 
 import cspnet.data.resample as R
-from cspnet.data.resample import DecodeForResize, DecodedImage, ResizeBatch, check_device_resize, resize_crop
+from cspnet.data.loader import DecodeForResize
+from cspnet.data.resample import DecodedImage, ResizeBatch, check_device_resize, resize_crop
 from cspnet.data.transforms import EvalPreset, EvalTransform
 from cspnet.engine.evaluate import build_eval_loader
 from cspnet.errors import InvalidOptionError

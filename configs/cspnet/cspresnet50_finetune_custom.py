@@ -64,8 +64,8 @@ param_scheduler = [
 ]
 train_cfg = dict(by_epoch=True, max_epochs=30, val_interval=1)
 
-# EMA of the weights, evaluated next to the raw weights (ema_top1 in the log); best.pth follows the EMA's top-1,
-# and every command then uses the EMA weights by default (--no-ema for the raw ones).
+# EMA of the weights, evaluated next to the raw weights (ema_top1 in the log); best.pth is the better of the two
+# (on few steps the EMA lags behind), and every command then uses those weights by default (--ema / --no-ema).
 custom_hooks = [dict(type='EMAHook', momentum=1e-3, update_buffers=True)]
 
 default_hooks = dict(

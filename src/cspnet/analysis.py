@@ -111,14 +111,20 @@ class Analysis:
         return "\n".join(rows)
 
 
-def resolution(size: int | Sequence[int], name: str = "shape", minimum: int = 1) -> tuple[int, int]:
-    """An input size given as ``N``, ``[N]`` or ``(H, W)`` -> ``(H, W)``, each at least ``minimum``; else
-    :class:`~cspnet.errors.InvalidOptionError` naming the argument ``name``."""
-    hw = (size, size) if isinstance(size, int) else tuple(size)
+def resolution(size: int | Sequence[int], name: str = "shape", minimum: int = 1,
+               maximum: int | None = None) -> tuple[int, int]:
+    """An input size given as ``N``, ``[N]`` or ``(H, W)`` -> ``(H, W)``, each at least ``minimum`` (and at most
+    ``maximum``); else :class:`~cspnet.errors.InvalidOptionError` naming the argument ``name``."""
+    try:
+        hw = (size, size) if isinstance(size, int) else tuple(size)
+    except TypeError:  # neither a number nor a sequence (None, a float): refused below
+        hw = ()
     hw = hw * 2 if len(hw) == 1 else hw
-    if len(hw) != 2 or not all(isinstance(s, int) and s >= minimum for s in hw):
+    if len(hw) != 2 or not all(isinstance(s, int) and not isinstance(s, bool) and s >= minimum
+                               and (maximum is None or s <= maximum) for s in hw):
         least = "positive" if minimum == 1 else f"at least {minimum} (the network's stride)"
-        raise InvalidOptionError(f"{name}={size!r}: give one size or (H, W), each {least}")
+        most = f" and at most {maximum}" if maximum is not None else ""
+        raise InvalidOptionError(f"{name}={size!r}: give one size or (H, W), each {least}{most}")
     return hw  # type: ignore[return-value]
 
 

@@ -11,6 +11,7 @@ import copy
 import importlib.util
 import io
 import json
+import math
 import os
 import warnings
 import zipfile
@@ -21,7 +22,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from ._io import atomic_write
+from ._io import atomic_write, output_path
 from ._version import __version__
 from .analysis import resolution
 from .data.transforms import EvalTransform
@@ -33,11 +34,50 @@ from .zoo import get_transform
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "exported-program": ".pt2"}
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 METADATA_KEYS = ("model", "classes", "preprocessing", "spec")
-# The TorchScript-based ONNX exporter of torch 2.13 writes opsets 7..20; 11 is mmdeploy's default and the oldest
-# that TensorRT 7 reads. 17 (default) is read by onnxruntime >= 1.11, TensorRT >= 8.6 and OpenVINO >= 2022.3.
-OPSETS = range(11, 21)
+
+
+def _newest_opset() -> int:
+    try:  # what the installed TorchScript-based exporter writes (20 in torch 2.5 to 2.13)
+        from torch.onnx import _constants
+
+        return int(_constants.ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET)
+    except (ImportError, AttributeError):  # a private constant: if it moves, the newest opset torch 2.13 writes
+        return 20
+
+
+# 11 is mmdeploy's default and the oldest that TensorRT 7 reads; the newest is the installed exporter's. 17 (default)
+# is read by onnxruntime >= 1.11, TensorRT >= 8.6 and OpenVINO >= 2022.3.
+OPSETS = range(11, _newest_opset() + 1)
 DEFAULT_OPSET = 17
 DYNAMIC_CHECK_BATCHES = (1, 3)  # mmpretrain#1273: dynamic-batch ONNX that was right at batch 1 only
+# The export runs the model on a seeded batch of this size (and the check on up to 3 with a dynamic batch), so the
+# size is bounded before any work: --image-size 1000000 would otherwise try to allocate 12 TB. 4096 x 4096 pixels
+# (batch 1 at 4096x4096, or batch 256 at 256x256) is ~200 MB of input and a few GB of activations.
+MAX_SIDE = 4096
+MAX_PIXELS = 4096 * 4096
+
+
+def check_size(hw: tuple[int, int], batch_size: int, dynamic_batch: bool,
+               names: tuple[str, str] = ("image_size", "batch_size")) -> None:
+    """Refuse an export whose largest batch (``batch_size``; 3 with ``dynamic_batch``) times ``H x W`` is over
+    :data:`MAX_PIXELS` (each side is bounded by :data:`MAX_SIDE` where ``hw`` is read); ``names`` name the options.
+
+    Raises:
+        InvalidOptionError: naming both options and the bound.
+    """
+    batch = max(DYNAMIC_CHECK_BATCHES) if dynamic_batch else batch_size
+    if batch * hw[0] * hw[1] > MAX_PIXELS:
+        which = "the dynamic-batch check's batch 3" if dynamic_batch else f"{names[1]} {batch}"
+        raise InvalidOptionError(f"{names[0]} {hw[0]}x{hw[1]} with {which} is {batch * hw[0] * hw[1]:,} pixels per "
+                                 f"batch; the export runs at most {MAX_PIXELS:,} (e.g. batch 1 at {MAX_SIDE}x{MAX_SIDE}"
+                                 f" or 256 at 256x256): lower {names[0]} or {names[1]}")
+
+
+def check_atol(atol: float, name: str = "atol") -> float:
+    """``atol`` as a float, if a number >= 0; else :class:`~cspnet.errors.InvalidOptionError` naming ``name``."""
+    if isinstance(atol, bool) or not isinstance(atol, (int, float)) or not 0 <= atol < math.inf:
+        raise InvalidOptionError(f"{name}={atol!r}: the largest accepted difference must be a finite number >= 0")
+    return float(atol)
 
 
 @dataclass(frozen=True)
@@ -170,15 +210,18 @@ def export_model(model: ImageClassifier, path: str | os.PathLike, format: str = 
             (TorchScript traces accept any batch either way.)
         with_preprocessing: input uint8 ``(N, 3, H, W)`` RGB 0-255 (the resized, centre-cropped image) with the
             mean/std normalisation inside the graph; otherwise float32, already normalised.
-        opset: ONNX opset, 11 to 20.
-        image_size: ``H`` or ``(H, W)``; default the model's eval crop.
+        opset: ONNX opset, 11 to the newest the installed exporter writes (:data:`OPSETS`; 20 with torch 2.13).
+        image_size: ``H`` or ``(H, W)``, each side 32 to :data:`MAX_SIDE`; default the model's eval crop. The largest
+            batch run (``batch_size``; 3 with ``dynamic_batch``) times ``H x W`` is at most :data:`MAX_PIXELS`.
         verify: run the file with its runtime (onnxruntime only when installed) and compare with PyTorch on seeded
             random inputs of batch 1 and 3 (dynamic) or ``batch_size``.
         atol: the largest max-abs logit difference accepted by ``verify``.
 
     Raises:
-        InvalidOptionError: bad format, opset, size or batch. ExportError: a missing package (``onnx``) or a file
-            that disagrees with PyTorch by more than ``atol``; nothing is written then.
+        InvalidOptionError: bad format, opset, size, batch or ``atol``, or a ``path`` that cannot be written (a
+            folder, a device, a read-only folder: :func:`cspnet._io.output_path`), all before any work.
+        ExportError: a missing package (``onnx``), a file that disagrees with PyTorch by more than ``atol``, or a
+            disk that is full; nothing is written then.
     """
     if format not in FORMATS:
         raise InvalidOptionError(f"format={format!r}; choose from {sorted(FORMATS)}")
@@ -189,10 +232,14 @@ def export_model(model: ImageClassifier, path: str | os.PathLike, format: str = 
         raise InvalidOptionError(f"opset={opset}: the ONNX exporter writes opsets {OPSETS.start} to {OPSETS.stop - 1}")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise InvalidOptionError(f"batch_size={batch_size!r} must be a positive integer")
+    check_atol(atol)
+    output_path(path, "path")
     arch = model.backbone.arch.name  # a model without eval preprocessing of its own: its architecture's published one
     transform = model.transform or (get_transform(arch) if arch in ARCHS else None)
     spec = ModelSpec.of(model, transform)
-    hw = resolution(image_size if image_size is not None else spec.eval.crop, "image_size", minimum=32)
+    hw = resolution(image_size if image_size is not None else spec.eval.crop, "image_size", minimum=32,
+                    maximum=MAX_SIDE)
+    check_size(hw, batch_size, dynamic_batch)
     # Export from the CPU (a copy when the model lives elsewhere): the file is then device-neutral, and the check
     # compares fp32 with fp32 (a CUDA reference runs TF32 convolutions, ~1e-2 away from any fp32 runtime).
     source = model if next(model.parameters()).device.type == "cpu" else copy.deepcopy(model).cpu()
@@ -217,7 +264,7 @@ def export_model(model: ImageClassifier, path: str | os.PathLike, format: str = 
                                   f"on batches {list(batches)}; {str(path)!r} was not written")
     finally:
         model.train(was_training)
-    atomic_write(path, lambda tmp: tmp.write_bytes(data))
+    atomic_write(path, lambda tmp: tmp.write_bytes(data), what="the exported model", error=ExportError)
     return ExportResult(Path(path), format, {k: json.loads(v) for k, v in metadata.items()}, diff,
                         tuple(batches) if diff is not None else (), runtime)
 

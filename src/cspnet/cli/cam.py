@@ -25,15 +25,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from .._io import output_path
     from ..visualize import default_target_layer, grad_cam, overlay_cam, save_image
 
+    output = Path(args.output or f"{Path(args.image).stem}.cam.png")
+    output_path(output, "--output", [args.image, args.model, args.weights])  # before the model loads
     model = load_model(args)
     device = next(model.parameters()).device
     crop = model.transform.to_uint8(args.image)  # (3, crop, crop): the CAM explains exactly what the model sees
     x = model.transform.normalize(crop[None].to(device))
     layer = args.target_layer or default_target_layer(model)
     cam, classes, logits = grad_cam(model, x, layer, args.target_class)
-    output = Path(args.output or f"{Path(args.image).stem}.cam.png")
     save_image(overlay_cam(crop, cam[0], args.alpha), output)
     prob = logits.softmax(dim=1)[0]
     label = int(classes[0])

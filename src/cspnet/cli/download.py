@@ -18,18 +18,22 @@ def run(args: argparse.Namespace) -> int:
     import shutil
     from pathlib import Path
 
-    from .._io import atomic_write
+    from .._io import atomic_write, check_folder
     from ..weights.sources import resolve
     from ..weights.records import WEIGHTS, get_weights_info
 
     infos = list(dict.fromkeys(get_weights_info(n) for n in args.names)) if args.names else list(WEIGHTS)
+    if args.dest:  # before any download
+        check_folder(args.dest, "--dest")
     rows = []
     for info in infos:
         path = resolve(info.name, info.sources, mirror=args.mirror)
         rows.append({"name": info.name, "path": str(path)})
         if args.dest:
             suffix = ".safetensors" if path.suffix == ".safetensors" else ".pth"
-            dst = atomic_write(Path(args.dest) / f"{info.name}{suffix}", lambda tmp: shutil.copyfile(path, tmp))
+            dst = Path(args.dest) / f"{info.name}{suffix}"
+            if not (dst.is_file() and dst.samefile(path)):  # --dest is the cache itself: the file is there already
+                atomic_write(dst, lambda tmp: shutil.copyfile(path, tmp), what="--dest file")
             rows[-1]["dest"] = str(dst)
         if not args.json:
             print(f"{info.name}: {path}" + (f" -> {rows[-1]['dest']}" if args.dest else ""))

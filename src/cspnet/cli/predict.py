@@ -29,10 +29,12 @@ def run(args: argparse.Namespace) -> int:
     from ..data.classes import imagenet_classes, imagenet_synsets
     from ..inference import inference_model
 
-    if args.save_vis:
+    if args.save_vis:  # a bad --save-vis fails before the model loads
+        from .._io import output_path
         from ..visualize import vis_paths
 
-        vis_paths(args.images, args.save_vis)  # a bad --save-vis fails before the model loads
+        for path in vis_paths(args.images, args.save_vis):  # never over an input image (--save-vis IMAGE_FOLDER)
+            output_path(path, "--save-vis", [*args.images, args.model, args.weights])
     model = load_model(args)
     # a bar on stderr only when it is a terminal: stdout carries the results, a redirected stderr no bar lines
     results = inference_model(model, list(args.images), batch_size=args.batch_size, topk=args.topk,

@@ -53,6 +53,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .._io import check_folder, output_path
     from ..config import eval_spec, load_config
     from ..engine.distributed import destroy_distributed, init_distributed, setup_logging
     from ..engine.evaluate import run_test
@@ -60,6 +61,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.output and Path(args.output).suffix.lower() in (".pkl", ".pickle"):
         raise InvalidOptionError(f"--output {args.output}: results are written as JSON; name the file *.json")
+    if args.output:  # before the model and data load: a link to stdout, a FIFO, the checkpoint, a read-only folder
+        output_path(args.output, "--output", [args.config, args.checkpoint])
+    if args.work_dir:
+        check_folder(args.work_dir, "--work-dir")
     use_local_rank(args)
     spec = eval_spec(load_config(args.config, args.cfg_options))
     dist = init_distributed(args.launcher, args.device)

@@ -261,7 +261,7 @@ def parse_cfg_options(options: Sequence[str]) -> dict[str, Any]:
     """``["a.b=1", "c=[x,y]", "d=x,y"]`` -> ``{"a.b": 1, "c": ["x", "y"], "d": ["x", "y"]}`` (mmengine's rules).
 
     Raises:
-        ConfigError: for an item without ``=`` or with an empty key.
+        ConfigError: for an item without ``=``, with an empty key, or a value nested too deeply to read.
     """
     out: dict[str, Any] = {}
     for item in options:
@@ -269,7 +269,10 @@ def parse_cfg_options(options: Sequence[str]) -> dict[str, Any]:
         key = key.strip()
         if not sep or not key or any(not part for part in key.split(".")):
             raise ConfigError(f"--cfg-options {item!r}: expected KEY=VALUE, e.g. model.head.num_classes=10")
-        out[key] = parse_value(raw.strip())
+        try:
+            out[key] = parse_value(raw.strip())
+        except RecursionError:  # brackets nested past Python's recursion limit
+            raise ConfigError(f"--cfg-options {key}: the value nests brackets too deeply to read") from None
     return out
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import logging
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,8 +54,14 @@ def integer(least: int | None = None) -> Check:
     return _kind(f"an integer >= {least}" if least is not None else "an integer", lambda v: _is_int(v, least))
 
 
-def number(ok: Callable[[float], bool] = lambda v: True, name: str = "a number") -> Check:
-    return _kind(name, lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and ok(v), float)
+def number(ok: Callable[[float], bool] = lambda v: True, name: str = "a finite number") -> Check:
+    """A finite number (``nan``/``inf`` would only show up later, as a NaN loss or all-zero images) passing ``ok``."""
+    return _kind(name, lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                 and ok(v), float)
+
+
+# NumPy seeds its legacy generator from 32 bits and torch.manual_seed takes 64: mmengine draws seeds below 2**32
+_SEED = _kind("an integer from 0 to 2**32 - 1", lambda v: _is_int(v, 0) and v < 2**32)
 
 
 def choice(*values: str) -> Check:
@@ -184,8 +191,8 @@ def _normalization(cfg: Mapping) -> tuple[tuple[float, ...], tuple[float, ...]]:
     if pre.get("to_rgb", True) is not True:
         raise ConfigError(f"config {_name(cfg)}: data_preprocessor.to_rgb={pre['to_rgb']!r} (BGR input) is not "
                           f"supported: images are decoded as RGB; set to_rgb=True and give mean/std in RGB order")
-    three = _kind("3 numbers", lambda v: isinstance(v, (list, tuple)) and len(v) == 3 and all(
-        isinstance(x, (int, float)) and x == x for x in v), lambda v: tuple(float(x) for x in v))
+    three = _kind("3 finite numbers", lambda v: isinstance(v, (list, tuple)) and len(v) == 3 and all(
+        isinstance(x, (int, float)) and math.isfinite(x) for x in v), lambda v: tuple(float(x) for x in v))
     mean = _value(pre, "mean", "data_preprocessor", IMAGENET_MEAN, three)
     std = _value(pre, "std", "data_preprocessor", IMAGENET_STD, three)
     if min(std) <= 0:
@@ -429,7 +436,7 @@ class LoaderSpec:
     drop_last: bool = setting("drop_last", False, boolean)
     prefetch_factor: int | None = setting("prefetch_factor", None, integer(1))
     shuffle: bool = setting("sampler.shuffle", True, boolean)
-    seed: int | None = setting("sampler.seed", None, integer())
+    seed: int | None = setting("sampler.seed", None, _SEED)
 
 
 _DATASET = {**_type("ImageNet", "CustomDataset", why="ImageNet, or your own classes"), "data_root": ANY,
@@ -755,7 +762,7 @@ class RuntimeSpec:
     dist_backend: str = setting("env_cfg.dist_cfg.backend", "nccl", choice("nccl", "gloo"))
     dist_timeout: float = setting("env_cfg.dist_cfg.timeout", 1800.0, number(lambda v: v > 0, "seconds > 0"))
     mp_start_method: str | None = setting("env_cfg.mp_cfg.mp_start_method", None, choice("fork", "spawn", "forkserver"))
-    seed: int | None = setting("randomness.seed", None, integer())
+    seed: int | None = setting("randomness.seed", None, _SEED)
     deterministic: bool = setting("randomness.deterministic", False, boolean)
     diff_rank_seed: bool = setting("randomness.diff_rank_seed", False, boolean)
     sync_bn: bool = setting("sync_bn", False, _kind("'torch' (torch.nn.SyncBatchNorm) or False",

@@ -10,10 +10,19 @@
    ``ann_file=``) found in ``root``, ``root/{split}`` or ``root/ILSVRC2012_devkit_t12/data``, matched by the number
    in the image's name (so a subset works).
 
-Images are the files with mmpretrain's extensions (:data:`IMG_EXTENSIONS`, any case), found recursively, sorted."""
+Images are the files with mmpretrain's extensions (:data:`IMG_EXTENSIONS`, any case), found recursively, sorted.
+Symbolic links to folders are followed, but no folder is listed twice (by device and inode): a link to ``.`` or to
+another class folder is skipped with a warning, where following it counted images many times (or never ended). An
+entry with an image's name that is not a regular file (a FIFO, a dangling link) stays in the list, so reading it
+names it (an error, or a skipped image with ``--skip-bad``) instead of the count silently shrinking.
+
+Label files are read as people write them: UTF-8 with or without a byte-order mark, or UTF-16 with one; LF, CRLF or
+CR line ends; spaces or tabs around the label. A path listed twice is refused, naming both lines: it would count
+twice in the metrics."""
 
 from __future__ import annotations
 
+import codecs
 import csv
 import logging
 import os
@@ -26,7 +35,7 @@ from torch.utils.data import Dataset
 
 from ..errors import DatasetError
 from .classes import _read, imagenet_classes, imagenet_synsets
-from .transforms import load_image
+from .transforms import check_regular_file, load_image, open_regular_file
 
 log = logging.getLogger("cspnet")
 
@@ -75,21 +84,72 @@ def is_image_file(name: str) -> bool:
     return name.lower().endswith(IMG_EXTENSIONS)
 
 
+def _entries(folder: str | os.PathLike) -> list[tuple[os.DirEntry, bool]]:
+    """``(entry, is a folder)`` of each entry of ``folder``, through links; a link loop or dangling link is not a
+    folder. An unreadable folder is an error: skipping it would drop its images from the metrics unseen."""
+    try:
+        with os.scandir(folder) as it:
+            entries = list(it)
+    except OSError as e:
+        raise DatasetError(f"cannot list folder {os.fsdecode(folder)!r}: {e.strerror or e}") from None
+    out = []
+    for e in entries:
+        try:
+            out.append((e, e.is_dir()))
+        except OSError:  # ELOOP and the like (os.walk treats them so too)
+            out.append((e, False))
+    return out
+
+
 def _subfolders(folder: Path) -> list[str]:
-    return sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
+    return sorted(e.name for e, is_dir in _entries(folder) if is_dir and not e.name.startswith("."))
 
 
-def _flat_images(folder: Path) -> list[str]:
-    return sorted(e.name for e in os.scandir(folder) if e.is_file() and is_image_file(e.name))
+def _flat_images(folder: Path, regular_only: bool = True) -> list[str]:
+    """Image names directly in ``folder``: regular files (to detect the layout), or every entry that is not a folder
+    (to label them: a FIFO or dangling link among them is then named when read, not silently left out)."""
+    return sorted(e.name for e, is_dir in _entries(folder) if not is_dir and is_image_file(e.name)
+                  and (not regular_only or e.is_file()))
+
+
+def _image_files(top: Path, seen: set[tuple[int, int]]) -> list[str]:
+    """The image files under ``top``, recursively (mmpretrain's ``get_samples``: ``os.walk(followlinks=True)``), as
+    sorted path strings; a folder (``(st_dev, st_ino)``) in ``seen`` is skipped with a warning, and each listed one is
+    added, so a link loop ends and no image is counted twice."""
+    files, stack = [], [os.fspath(top)]
+    while stack:
+        folder = stack.pop()
+        for e, is_dir in _entries(folder):
+            if not is_dir:
+                if is_image_file(e.name):
+                    files.append(e.path)
+                continue
+            st = e.stat()
+            if (st.st_dev, st.st_ino) in seen:
+                log.warning("%s leads to a folder listed already (%s): not listed again, so that no image counts "
+                            "twice", e.path, os.path.realpath(e.path))
+                continue
+            seen.add((st.st_dev, st.st_ino))
+            stack.append(e.path)
+    return sorted(files)
 
 
 def _read_lines(path: Path) -> list[str]:
+    """The lines of a text file, as people write them: UTF-8 with or without a byte-order mark (Windows Notepad
+    writes one, and it used to glue itself to the first line), UTF-16 with one; LF, CRLF or CR line ends."""
     try:
-        return path.read_text(encoding="utf-8").splitlines()
+        with open_regular_file(path, "label file", DatasetError) as f:
+            raw = f.read()
     except OSError as e:
         raise DatasetError(f"cannot read label file {str(path)!r}: {e.strerror or e}") from None
+    encoding = "utf-16" if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) else "utf-8-sig"
+    try:
+        text = raw.decode(encoding)
     except UnicodeDecodeError:
-        raise DatasetError(f"label file {str(path)!r} is not UTF-8 text") from None
+        raise DatasetError(f"label file {str(path)!r} is not UTF-8 (or UTF-16) text: save it as UTF-8") from None
+    # str.splitlines() would also split at \x1c-\x1e, \x85, \u2028 ..., characters a file name may hold
+    lines = re.split(r"\r\n|\r|\n", text)
+    return lines[:-1] if lines and lines[-1] == "" else lines
 
 
 def read_annotation_file(path: Path, image_dir: Path, num_classes: int | None,
@@ -115,19 +175,24 @@ def read_annotation_file(path: Path, image_dir: Path, num_classes: int | None,
         return synset_index[s]
 
     if first.replace(" ", "").lower().startswith("imageid,predictionstring"):  # Kaggle LOC_val_solution.csv
-        by_number = {}
+        by_number, line_of = {}, {}
         for lineno, row in enumerate(csv.reader(lines), 1):
-            if lineno == 1 or not row:
+            if lineno == 1 or not row or not "".join(row).strip():
                 continue
             m = _VAL_NUMBER.search(row[0]) if len(row) == 2 else None
             if not m or not row[1].split():
                 raise DatasetError(f"{str(path)!r} line {lineno}: expected 'ILSVRC2012_val_NNNNNNNN,nXXXXXXXX ...'")
-            by_number[int(m.group(1))] = synset_label(row[1].split()[0], lineno)
+            number = int(m.group(1))
+            if number in line_of:
+                raise DatasetError(f"{str(path)!r} lines {line_of[number]} and {lineno} both label {row[0].strip()!r}: "
+                                   "each image must be listed once (it would count twice); remove one")
+            line_of[number] = lineno
+            by_number[number] = synset_label(row[1].split()[0], lineno)
         return _label_flat_folder(image_dir, by_number, path, flat_images), "Kaggle LOC_val_solution.csv"
-    if re.fullmatch(r"\d+", first):  # devkit ILSVRC2012_validation_ground_truth.txt
+    if re.fullmatch(r"[0-9]+", first):  # devkit ILSVRC2012_validation_ground_truth.txt
         id_synsets, by_number = ilsvrc2012_id_synsets(), {}
         for number, (lineno, text) in enumerate(content, 1):
-            if not text.isdigit() or not 1 <= int(text) <= len(id_synsets):
+            if not re.fullmatch(r"[0-9]+", text) or not 1 <= int(text) <= len(id_synsets):
                 raise DatasetError(f"{str(path)!r} line {lineno}: expected an ILSVRC2012_ID between 1 and 1000, "
                                    f"got {text!r}")
             by_number[number] = synset_index[id_synsets[int(text) - 1]]
@@ -135,12 +200,18 @@ def read_annotation_file(path: Path, image_dir: Path, num_classes: int | None,
     if _SYNSET.fullmatch(first):  # one synset per line, image i on line i
         by_number = {number: synset_label(text, lineno) for number, (lineno, text) in enumerate(content, 1)}
         return _label_flat_folder(image_dir, by_number, path, flat_images), "one synset per image"
-    samples = []
+    samples, line_of = [], {}
     for lineno, text in content:
-        rel, sep, label = text.rpartition(" ")
-        if not sep or not rel.strip():
+        m = re.fullmatch(r"(.*?)\s+(\S+)", text)  # the label after the last run of spaces or tabs
+        if not m:
             raise DatasetError(f"{str(path)!r} line {lineno}: expected 'relative/path label', got {text!r}")
-        if label.lstrip("-").isdigit():
+        rel, label = m.groups()
+        key = os.path.normpath(rel)  # a/b.jpg, ./a/b.jpg and a//b.jpg are one file
+        if key in line_of:
+            raise DatasetError(f"{str(path)!r} lines {line_of[key]} and {lineno} both list {rel!r}: each image must "
+                               "be listed once (it would count twice in the metrics); remove one")
+        line_of[key] = lineno
+        if re.fullmatch(r"-?[0-9]+", label):
             value = int(label)
             if value < 0 or (num_classes is not None and value >= num_classes):
                 known = f"0..{num_classes - 1} ({num_classes} classes)" if num_classes is not None else "0 or more"
@@ -149,7 +220,7 @@ def read_annotation_file(path: Path, image_dir: Path, num_classes: int | None,
             value = synset_label(label, lineno)
         else:
             raise DatasetError(f"{str(path)!r} line {lineno}: label {label!r} is neither an integer nor a synset")
-        samples.append((str(image_dir / rel.strip()), value))
+        samples.append((str(image_dir / rel), value))
     return samples, "annotation file (path label)"
 
 
@@ -157,13 +228,18 @@ def _label_flat_folder(image_dir: Path, by_number: dict[int, int], label_file: P
                        names: list[str] | None = None) -> list[tuple[str, int]]:
     if not image_dir.is_dir():
         raise DatasetError(f"image folder {str(image_dir)!r} (labelled by {str(label_file)!r}) does not exist")
-    samples = []
-    for name in names if names is not None else _flat_images(image_dir):
+    samples, name_of = [], {}
+    for name in names if names is not None else _flat_images(image_dir, regular_only=False):
         m = _VAL_NUMBER.search(name)
         if not m or int(m.group(1)) not in by_number:
             raise DatasetError(f"{str(image_dir / name)!r} has no label in {str(label_file)!r} (it labels "
                                f"ILSVRC2012_val_00000001 to _{max(by_number):08d} by the number in the file name)")
-        samples.append((str(image_dir / name), by_number[int(m.group(1))]))
+        number = int(m.group(1))
+        if number in name_of:
+            raise DatasetError(f"{str(image_dir / name_of[number])!r} and {name!r} are both image {number} of "
+                               f"{str(label_file)!r}: it would count twice; keep one")
+        name_of[number] = name
+        samples.append((str(image_dir / name), by_number[number]))
     if not samples:
         raise DatasetError(f"{str(image_dir)!r} holds no images ({', '.join(IMG_EXTENSIONS)})")
     if len(samples) != len(by_number):
@@ -178,10 +254,19 @@ def _folder_samples(image_dir: Path, folders: Sequence[str], class_index: dict[s
     if unknown:
         raise DatasetError(f"{str(image_dir / unknown[0])!r} is not {expected} ({len(unknown)} folder(s) are not: "
                            f"{', '.join(unknown[:5])}{', ...' if len(unknown) > 5 else ''})")
+    # Every class folder (and their parent) counts as listed from the start: a link from one class into another
+    # would give the other's images a second, wrong label.
+    seen: dict[tuple[int, int], str] = {}
+    for folder in (image_dir, *(image_dir / name for name in folders)):
+        st = os.stat(folder)
+        if (st.st_dev, st.st_ino) in seen:
+            raise DatasetError(f"{str(folder)!r} and {seen[st.st_dev, st.st_ino]!r} are one folder (a symbolic "
+                               "link?): its images would have two labels; remove one")
+        seen[st.st_dev, st.st_ino] = str(folder)
+    listed = set(seen)  # one set for all classes: a folder linked from two classes is listed under the first only
     samples = []
     for name in folders:
-        walk = os.walk(image_dir / name, followlinks=True)  # recursively, sorted: mmpretrain's get_samples
-        files = sorted(os.path.join(folder, f) for folder, _, filenames in walk for f in filenames if is_image_file(f))
+        files = _image_files(image_dir / name, listed)
         if not files:
             log.warning("class folder %s holds no images", image_dir / name)
         samples += [(f, class_index[name]) for f in files]
@@ -219,8 +304,8 @@ def imagenet_dataset(root: str | os.PathLike = "data/imagenet", split: str = "va
                            "ILSVRC2012_validation_ground_truth.txt; see the README section 'Evaluate on ImageNet'")
     image_dir = root / (data_prefix or split)
     ann = _resolve(root, ann_file) if ann_file else root / "meta" / f"{split}.txt"
-    if ann_file and not ann.is_file():
-        raise DatasetError(f"annotation file {str(ann)!r} does not exist")
+    if ann_file or os.path.lexists(ann):  # something at meta/{split}.txt: a FIFO or dangling link is an error
+        check_regular_file(ann, "annotation file", DatasetError)
     names = list(imagenet_classes())
     if ann.is_file():
         samples, fmt = read_annotation_file(ann, image_dir, len(classes))
@@ -235,8 +320,10 @@ def imagenet_dataset(root: str | os.PathLike = "data/imagenet", split: str = "va
     if flat:
         dirs = (root, image_dir, root / "ILSVRC2012_devkit_t12" / "data")
         for c in (d / f for f in VAL_LABEL_FILES for d in dirs):
-            if c.is_file():
-                samples, fmt = read_annotation_file(c, image_dir, len(classes), flat)
+            if os.path.lexists(c):
+                check_regular_file(c, "label file", DatasetError)
+                samples, fmt = read_annotation_file(c, image_dir, len(classes),
+                                                    _flat_images(image_dir, regular_only=False))
                 return ImageDataset(samples, names, str(root), f"flat folder + {fmt}", str(image_dir), transform)
         raise DatasetError(f"{str(image_dir)!r} holds {len(flat)} images directly (the official flat validation "
                            f"folder?) but no labels were found: put ILSVRC2012_validation_ground_truth.txt (from the "
@@ -252,8 +339,7 @@ def imagenet_dataset(root: str | os.PathLike = "data/imagenet", split: str = "va
 def _read_classes(classes: Sequence[str] | str | os.PathLike, root: Path) -> list[str]:
     if isinstance(classes, (str, os.PathLike)):
         path = _resolve(root, classes)
-        if not path.is_file():
-            raise DatasetError(f"classes file {str(path)!r} does not exist (expected one class name per line)")
+        check_regular_file(path, "classes file", DatasetError)
         names = [line.strip() for line in _read_lines(path) if line.strip()]
     else:
         names = [str(c) for c in classes]
@@ -282,8 +368,7 @@ def custom_dataset(root: str | os.PathLike, data_prefix: str | None = None, ann_
     names = _read_classes(classes, root) if classes is not None else None
     if ann_file:
         ann = _resolve(root, ann_file)
-        if not ann.is_file():
-            raise DatasetError(f"annotation file {str(ann)!r} does not exist")
+        check_regular_file(ann, "annotation file", DatasetError)
         samples, fmt = read_annotation_file(ann, image_dir, len(names) if names is not None else None)
         if names is None:
             names = [str(i) for i in range(max(label for _, label in samples) + 1)]

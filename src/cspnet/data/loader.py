@@ -12,8 +12,28 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import ImageError, InvalidOptionError
-from .resample import FILTERS, DecodeForResize, DeviceResize
-from .transforms import EvalPreset, EvalTransform
+from .resample import FILTERS, DecodedImage, DeviceResize, check_device_resize, crop_source, crop_taps
+from .transforms import EvalPreset, EvalTransform, ImageLike, _libjpeg_decoder, is_extreme_aspect, load_rgb_array
+
+
+class DecodeForResize:
+    """The loader workers' half of the resize-on-device path: ``image -> DecodedImage``, decoded by
+    :func:`~cspnet.data.transforms.load_rgb_array` (``load_image``'s pixels; an unreadable file raises
+    :class:`~cspnet.errors.ImageError` naming it, so ``--skip-bad`` works). An image of extreme aspect ratio
+    (:func:`~cspnet.data.transforms.is_extreme_aspect`) is handed over as the part its crop reads
+    (:func:`~cspnet.data.resample.crop_source`)."""
+
+    def __init__(self, preset: EvalPreset):
+        check_device_resize(preset)
+        self.preset = preset
+        _libjpeg_decoder()  # import and check torchvision's decoder once here, so forked loader workers inherit it
+
+    def __call__(self, image: ImageLike) -> DecodedImage:
+        pixels = load_rgb_array(image)
+        taps = crop_taps(pixels.shape[0], pixels.shape[1], self.preset)
+        if is_extreme_aspect(pixels.shape[0], pixels.shape[1], self.preset.resize):
+            pixels, taps = crop_source(pixels, taps)  # a normal image goes whole, as before: its crop reads most of it
+        return DecodedImage(pixels, taps)
 
 
 class Indexed(Dataset):

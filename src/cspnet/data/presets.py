@@ -34,3 +34,14 @@ class EvalPreset:
 
     def describe(self) -> str:
         return f"RGB, Pillow {self.interpolation} short edge {self.resize}, centre crop {self.crop}, mean/std on 0-255"
+
+
+def short_edge_shape(height: int, width: int, size: int) -> tuple[int, int]:
+    """mmpretrain ``ResizeEdge(edge='short')``'s output ``(height, width)``: short edge ``size``, long edge
+    ``int(size * long / short)`` (truncated)."""
+    return (int(size * height / width), size) if width < height else (size, int(size * width / height))
+
+
+def crop_offsets(height: int, width: int, size: int) -> tuple[int, int]:
+    """mmcv ``CenterCrop``'s ``(top, left)``: ``round((H - size) / 2)`` with Python's round-half-to-even."""
+    return max(0, int(round((height - size) / 2.0))), max(0, int(round((width - size) / 2.0)))

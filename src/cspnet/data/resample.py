@@ -5,9 +5,11 @@ the decode a quarter (``benchmarks/RESULTS.md``); resizing on the GPU lets the s
 as many images per second, with no result changed. This is Pillow's own algorithm (``Resample.c``: weights computed
 in double precision, quantised to 22-bit fixed point; two passes in Pillow's order, each rounded and clipped to 8
 bits), not ``torch.nn.functional.interpolate``, whose float weights differ from Pillow's by a grey level here and
-there (``tests/test_resample.py`` checks equality). Only the pixels inside the centre crop are computed.
+there (``tests/test_resample.py`` checks equality). Only the pixels inside the centre crop are computed, from the
+taps of the crop's window alone, so an image of extreme aspect ratio costs what its crop costs
+(:func:`resize_crop_window`, which the loader path uses for such images too).
 
-Flow: a loader worker runs :class:`DecodeForResize` (``path -> DecodedImage``: pixels and their crop's taps);
+Flow: a loader worker runs :class:`~cspnet.data.loader.DecodeForResize` (``path -> DecodedImage``: pixels and their crop's taps);
 ``collate`` packs a batch into one :class:`ResizeBatch` (one shared-memory buffer, crossing from the worker in one
 piece); :class:`DeviceResize` resizes and crops it on the device."""
 
@@ -21,10 +23,10 @@ import numpy as np
 import torch
 
 from ..errors import InvalidOptionError
-from .transforms import EvalPreset, ImageLike, _libjpeg_decoder, crop_offsets, load_rgb_array, short_edge_shape
+from .presets import EvalPreset, crop_offsets, short_edge_shape
 
-__all__ = ["check_device_resize", "pillow_taps", "crop_taps", "DecodedImage", "ResizeBatch", "DecodeForResize",
-           "DeviceResize", "resize_crop"]
+__all__ = ["check_device_resize", "pillow_taps", "crop_taps", "crop_source", "DecodedImage", "ResizeBatch",
+           "DeviceResize", "resize_crop", "resize_crop_window"]
 
 # Resample.c: 8-bit pixels times 22-bit weights fit a 32-bit int, with 2 bits for sign and overshoot
 PRECISION_BITS = 32 - 8 - 2
@@ -65,24 +67,32 @@ def check_device_resize(preset: EvalPreset) -> None:
                                  "(--resize loader --decode cpu)")
 
 
-@functools.lru_cache(maxsize=1024)  # ImageNet's common edges (500, 375, 333, ...) stay; ~15 MB at most per worker
 def pillow_taps(in_size: int, out_size: int, interpolation: str) -> tuple[np.ndarray, np.ndarray]:
     """Pillow's weights for resizing one axis from ``in_size`` to ``out_size`` pixels (``precompute_coeffs`` and
     ``normalize_coeffs_8bpc``). Returns ``start`` int64 ``(out_size,)``: the first source pixel of each output pixel,
     and ``weights`` int32 ``(out_size, K)``: its fixed-point weights for source pixels ``start .. start + K - 1``
     (zero past the image's edge). ``K`` is Pillow's ``ksize`` for this scale. Read-only (cached)."""
+    return window_taps(in_size, out_size, interpolation, 0, out_size)
+
+
+@functools.lru_cache(maxsize=1024)  # ImageNet's common edges (500, 375, 333, ...) stay; ~15 MB at most per worker
+def window_taps(in_size: int, out_size: int, interpolation: str, first: int, n: int
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`pillow_taps` of output pixels ``first .. first + n - 1`` only: ``start`` ``(n,)``, ``weights``
+    ``(n, K)``, the very values (each output pixel's weights depend on its own index alone), at the cost of ``n``
+    pixels however large ``out_size`` is (28,800,000 for a 1 x 100000 image's long edge at 288)."""
     filt, base_support = FILTERS[interpolation]
     scale = in_size / out_size
     filterscale = max(scale, 1.0)  # shrinking widens the filter (antialiasing); enlarging does not narrow it
     support = base_support * filterscale
     ksize = int(math.ceil(support)) * 2 + 1
-    center = (np.arange(out_size) + 0.5) * scale
+    center = (np.arange(first, first + n) + 0.5) * scale
     xmin = np.maximum(np.trunc(center - support + 0.5).astype(np.int64), 0)  # C's (int) cast truncates
     count = np.minimum(np.trunc(center + support + 0.5).astype(np.int64), in_size) - xmin
     taps = np.arange(ksize)
     w = filt(((taps[None, :] + xmin[:, None]) - center[:, None] + 0.5) * (1.0 / filterscale))
     w = np.where(taps[None, :] < count[:, None], w, 0.0)
-    total = np.zeros(out_size)
+    total = np.zeros(n)
     for i in range(ksize):  # summed left to right, as the C loop does (NumPy's sum is pairwise)
         total = total + w[:, i]
     w = np.where(total[:, None] != 0.0, w / np.where(total == 0.0, 1.0, total)[:, None], w)
@@ -123,11 +133,22 @@ def crop_taps(height: int, width: int, preset: EvalPreset) -> CropTaps:
     """The taps that :class:`~cspnet.data.transforms.EvalTransform`'s resize + centre crop applies to an image of
     ``height x width``: the same output size and crop window, by the same arithmetic."""
     nh, nw = short_edge_shape(height, width, preset.resize)
-    top, left = crop_offsets(nh, nw, preset.crop)
-    vs, vw = pillow_taps(height, nh, preset.interpolation)
-    hs, hw = pillow_taps(width, nw, preset.interpolation)
-    rows, cols = slice(top, top + preset.crop), slice(left, left + preset.crop)
-    return CropTaps(vs[rows], vw[rows], hs[cols], hw[cols], pillow_vertical_first(height, width, nh, nw))
+    top, left = crop_offsets(nh, nw, preset.crop)  # crop <= resize <= min(nh, nw): the window is crop x crop
+    vs, vw = window_taps(height, nh, preset.interpolation, top, preset.crop)
+    hs, hw = window_taps(width, nw, preset.interpolation, left, preset.crop)
+    return CropTaps(vs, vw, hs, hw, pillow_vertical_first(height, width, nh, nw))
+
+
+def crop_source(pixels: np.ndarray, taps: CropTaps) -> tuple[np.ndarray, CropTaps]:
+    """The part of ``pixels`` ``(H, W, 3)`` that the crop reads, and ``taps`` shifted to it: the same output from
+    fewer pixels. A source pixel counts only if its row is among the vertical taps and its column among the
+    horizontal ones, whichever pass runs first; an enlarged axis needs a few source lines, not all of them (a
+    100000 x 1 image at short edge 288 reads 5 of its rows)."""
+    (r0, r1), (c0, c1) = ((int(start[0]), min(size, int(start[-1]) + weights.shape[1]))
+                          for start, weights, size in ((taps.v_start, taps.v_weights, pixels.shape[0]),
+                                                       (taps.h_start, taps.h_weights, pixels.shape[1])))
+    shifted = taps._replace(v_start=taps.v_start - r0, h_start=taps.h_start - c0)
+    return pixels[r0:r1, c0:c1], shifted
 
 
 class DecodedImage(NamedTuple):
@@ -269,19 +290,15 @@ def resize_crop(batch: ResizeBatch, device: torch.device | str) -> torch.Tensor:
     return out.permute(0, 3, 1, 2)
 
 
-class DecodeForResize:
-    """The loader workers' half of the resize-on-device path: ``image -> DecodedImage``, decoded by
-    :func:`~cspnet.data.transforms.load_rgb_array` (``load_image``'s pixels; an unreadable file raises
-    :class:`~cspnet.errors.ImageError` naming it, so ``--skip-bad`` works)."""
-
-    def __init__(self, preset: EvalPreset):
-        check_device_resize(preset)
-        self.preset = preset
-        _libjpeg_decoder()  # import and check torchvision's decoder once here, so forked loader workers inherit it
-
-    def __call__(self, image: ImageLike) -> DecodedImage:
-        pixels = load_rgb_array(image)
-        return DecodedImage(pixels, crop_taps(pixels.shape[0], pixels.shape[1], self.preset))
+def resize_crop_window(pixels: np.ndarray, preset: EvalPreset) -> torch.Tensor:
+    """:meth:`EvalTransform.to_uint8 <cspnet.data.transforms.EvalTransform.to_uint8>`'s resize and crop of one
+    decoded image ``(H, W, 3)`` uint8 on the CPU -> uint8 ``(3, crop, crop)``, the same pixels, computing the crop
+    alone: what it takes for an image of extreme aspect ratio, whose whole resized copy can need gigabytes."""
+    if not pixels.size:
+        raise ValueError(f"an image of shape {pixels.shape} has no pixels")
+    part, taps = crop_source(pixels, crop_taps(pixels.shape[0], pixels.shape[1], preset))
+    flat = torch.from_numpy(np.array(part, dtype=np.uint8).reshape(-1, 3))  # a copy: Pillow's arrays are read-only
+    return resize_crop(ResizeBatch.from_parts(flat, [part.shape[:2]], [taps]), "cpu")[0]
 
 
 class DeviceResize:

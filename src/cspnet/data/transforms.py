@@ -5,33 +5,110 @@ channel order changes no pixel, and the result equals mmpretrain's own arrays (`
 
 from __future__ import annotations
 
+import errno
 import functools
 import io
 import os
+import re
+import stat
 import warnings
 from pathlib import Path
-from typing import Union
+from typing import BinaryIO, Union
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import ImageError
-from .presets import IMAGENET_MEAN, IMAGENET_STD, INTERPOLATIONS, EvalPreset  # noqa: F401 (re-exported)
+from .presets import (IMAGENET_MEAN, IMAGENET_STD, INTERPOLATIONS, EvalPreset,  # noqa: F401 (re-exported)
+                      crop_offsets, short_edge_shape)
+from .resample import FILTERS, resize_crop_window
 
 ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray]
 
 RESAMPLING = {name: getattr(Image.Resampling, name.upper()) for name in INTERPOLATIONS}
+
+# Pillow resizes the whole image while the result has at most this many times the pixels of a square of the short
+# edge (aspect ratio up to 8:1: 288 x 2304, 2 MB); beyond, only the centre crop's window is resized (the same pixels,
+# cspnet.data.resample), so the cost follows the crop, not the aspect ratio.
+FULL_RESIZE_MAX_ASPECT = 8
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+://")  # http://, https://, s3://, file://, ... (not C:/)
+_KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)", "opening it waits for a writer, for ever"),
+          (stat.S_ISSOCK, "a socket", "it cannot be opened as a file"),
+          (stat.S_ISCHR, "a character device", "reading it can block or never end"),
+          (stat.S_ISBLK, "a block device", "it is a whole disk"))
+
+
+def check_regular_file(path: str | os.PathLike, what: str = "image file", error: type[Exception] = ImageError
+                       ) -> os.stat_result:
+    """``os.stat(path)`` when ``path`` is a regular file (through any symbolic links); else ``error`` naming it and
+    what it is instead: missing, a URL, a dangling link, a link loop, a directory, a FIFO, a socket or a device.
+
+    Checked before opening because ``open()`` of a FIFO blocks until a writer comes, for ever (``--skip-bad`` could
+    not help), and a character device such as ``/dev/zero`` never ends."""
+    name = os.fsdecode(path)
+    if _URL.match(name):
+        raise error(f"{what} {name!r} is a URL: cspnet reads local files and does not download them; download it "
+                    f"first (e.g. curl -LO {name}) and give the file's path")
+    try:
+        st = os.stat(name)
+    except FileNotFoundError:
+        if os.path.islink(name):
+            raise error(f"{what} {name!r} is a symbolic link to {os.readlink(name)!r}, which does not "
+                        "exist") from None
+        raise error(f"{what} {name!r} does not exist") from None
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise error(f"{what} {name!r} is a symbolic link loop (it, or a folder on its path, leads back to "
+                        "itself): it points to no file") from None
+        if e.errno == errno.ENOTDIR:
+            raise error(f"{what} {name!r} does not exist (a part of its path is a file, not a folder)") from None
+        raise error(f"cannot read {what} {name!r}: {e.strerror or e}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise error(f"{name!r} is a directory; expected {'an' if what[0] in 'aeiou' else 'a'} {what}")
+    if not stat.S_ISREG(st.st_mode):
+        kind, why = next(((k, w) for test, k, w in _KINDS if test(st.st_mode)), ("a special file", "not data"))
+        raise error(f"{what} {name!r} is {kind}, not a regular file ({why}): give the path of a regular file")
+    return st
+
+
+def _opener(name: str, flags: int) -> int:
+    # O_NONBLOCK: should the path be swapped for a FIFO after the check, open() returns at once instead of waiting
+    # for a writer; the fstat below then refuses it. On a regular file it changes nothing.
+    fd = os.open(name, flags | getattr(os, "O_NONBLOCK", 0))
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "not a regular file (it changed after it was checked)")
+    if hasattr(os, "O_NONBLOCK"):
+        os.set_blocking(fd, True)
+    return fd
+
+
+def open_regular_file(path: str | os.PathLike, what: str = "image file", error: type[Exception] = ImageError
+                      ) -> BinaryIO:
+    """Open ``path`` for binary reading if it is a regular file (:func:`check_regular_file`), else raise ``error``
+    naming it; never blocks."""
+    name = os.fsdecode(path)
+    check_regular_file(name, what, error)
+    try:
+        return open(name, "rb", opener=_opener)
+    except PermissionError:
+        raise error(f"cannot read {what} {name!r}: permission denied (check its owner and mode)") from None
+    except OSError as e:
+        raise error(f"cannot read {what} {name!r}: {e.strerror or e}") from None
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
     """Any Pillow mode to 8-bit RGB, the way a user means it."""
     if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
         # 16-bit (and 32-bit int) greyscale: Pillow's convert() would clip at 255; scale the range down instead,
-        # as OpenCV does when it reads a 16-bit PNG as 8-bit colour.
-        arr = np.asarray(img).astype(np.int64)
-        shift = 8 if arr.max(initial=0) < 65536 else 24
-        return Image.fromarray((arr >> shift).clip(0, 255).astype(np.uint8)).convert("RGB")
+        # as OpenCV does when it reads a 16-bit PNG as 8-bit colour. In the array's own dtype, shifted in place:
+        # int64 copies made a small 16-bit PNG of 89M pixels (Pillow's limit) cost 2.8 GB.
+        arr = np.asarray(img)
+        if arr.dtype.kind == "u":  # I;16*: 0..65535
+            return Image.fromarray((arr >> 8).astype(np.uint8)).convert("RGB")
+        shifted = np.right_shift(arr, 8 if arr.max(initial=0) < 65536 else 24)
+        return Image.fromarray(np.clip(shifted, 0, 255, out=shifted).astype(np.uint8)).convert("RGB")
     if img.mode == "F":
         return Image.fromarray(np.asarray(img).clip(0, 255).astype(np.uint8)).convert("RGB")
     # RGBA/LA/P: alpha dropped, not composited, as cv2.IMREAD_COLOR (mmpretrain); CMYK/YCbCr/L/1: Pillow's conversions
@@ -42,13 +119,14 @@ def load_image(image: ImageLike) -> Image.Image:
     """Read an image as an 8-bit RGB ``PIL.Image``.
 
     Args:
-        image: a file path (any format Pillow opens; EXIF orientation applied, as OpenCV does), a ``PIL.Image``
-            (any mode), or a NumPy array ``(H, W, 3)`` **RGB** uint8 or ``(H, W)`` greyscale uint8. (mmpretrain
-            silently takes arrays as BGR; here they are RGB, the order PIL, matplotlib and torchvision use.)
+        image: a file path (a regular file in any format Pillow opens; EXIF orientation applied, as OpenCV does),
+            a ``PIL.Image`` (any mode), or a NumPy array ``(H, W, 3)`` **RGB** uint8 or ``(H, W)`` greyscale uint8.
+            (mmpretrain silently takes arrays as BGR; here they are RGB, the order PIL, matplotlib and torchvision
+            use.)
 
     Raises:
-        ImageError: naming the file, for a missing path, a directory, a non-image, a truncated or corrupt file, or
-            a decompression bomb.
+        ImageError: naming the file, for a missing path, a URL, a dangling link or link loop, a directory, a FIFO,
+            socket or device, an unreadable file, a non-image, a truncated or corrupt file, or a decompression bomb.
     """
     if isinstance(image, Image.Image):
         return _to_rgb(ImageOps.exif_transpose(image) or image)
@@ -59,25 +137,22 @@ def load_image(image: ImageLike) -> Image.Image:
         return Image.fromarray(np.ascontiguousarray(image)).convert("RGB")
     if not isinstance(image, (str, os.PathLike)):
         raise ImageError(f"expected a path, PIL.Image or uint8 array, got {type(image).__name__}")
-    path = Path(image)
-    if not path.exists():
-        raise ImageError(f"image file {str(path)!r} does not exist")
-    if path.is_dir():
-        raise ImageError(f"{str(path)!r} is a directory; expected an image file")
+    name = os.fsdecode(image)  # as given: Path() would fold a URL's '//' (and the user knows the name they typed)
+    file = open_regular_file(name)
     try:
-        with warnings.catch_warnings():
+        with file, warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with Image.open(file) as img:
                 img.load()  # decode now, inside the try, so truncated data raises here and not later
                 return _to_rgb(ImageOps.exif_transpose(img) or img)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageError(f"image {str(path)!r} declares too many pixels ({e}); refusing to decode it (a decompression "
+        raise ImageError(f"image {name!r} declares too many pixels ({e}); refusing to decode it (a decompression "
                          "bomb?)") from None
     except UnidentifiedImageError:
-        raise ImageError(f"{str(path)!r} is not an image Pillow can read (corrupt, empty or another file "
+        raise ImageError(f"{name!r} is not an image Pillow can read (corrupt, empty or another file "
                          "type)") from None
     except (OSError, SyntaxError, ValueError) as e:
-        raise ImageError(f"image {str(path)!r} is corrupt or truncated: {e}") from None
+        raise ImageError(f"image {name!r} is corrupt or truncated: {e}") from None
 
 
 def load_rgb_array(image: ImageLike) -> np.ndarray:
@@ -91,13 +166,18 @@ def load_rgb_array(image: ImageLike) -> np.ndarray:
     return pixels if pixels is not None else np.asarray(load_image(image), dtype=np.uint8)
 
 
+_MAX_JPEG_BYTES = 512 << 20  # 89M pixels (Pillow's limit) at 3 bytes each, the worst a JPEG stores, and margin
+
+
 def read_plain_jpeg(path: str | os.PathLike) -> tuple[bytes, int] | None:
     """A JPEG file's bytes and EXIF orientation (1..8) when a decoder other than Pillow (torchvision's libjpeg-turbo,
     nvJPEG) may take it: RGB or greyscale, within Pillow's pixel limit. ``None`` for anything else, unreadable files
     included, so that Pillow's pipeline takes it and names any problem (of other files, 2 bytes are read)."""
     try:
-        with open(path, "rb") as f:
-            if f.read(2) != b"\xff\xd8":  # JPEG's start-of-image marker
+        with open_regular_file(path) as f:  # anything else raises, so Pillow's path names it
+            # nvJPEG gets the whole file: one larger than any JPEG within Pillow's pixel limit could be (a sparse
+            # file of zeros after a tiny JPEG) is Pillow's, which reads only what it decodes
+            if f.read(2) != b"\xff\xd8" or os.fstat(f.fileno()).st_size > _MAX_JPEG_BYTES:
                 return None
             raw = b"\xff\xd8" + f.read()
         with warnings.catch_warnings():
@@ -150,15 +230,11 @@ def _libjpeg_decoder():
     return decode
 
 
-def short_edge_shape(height: int, width: int, size: int) -> tuple[int, int]:
-    """mmpretrain ``ResizeEdge(edge='short')``'s output ``(height, width)``: short edge ``size``, long edge
-    ``int(size * long / short)`` (truncated)."""
-    return (int(size * height / width), size) if width < height else (size, int(size * width / height))
-
-
-def crop_offsets(height: int, width: int, size: int) -> tuple[int, int]:
-    """mmcv ``CenterCrop``'s ``(top, left)``: ``round((H - size) / 2)`` with Python's round-half-to-even."""
-    return max(0, int(round((height - size) / 2.0))), max(0, int(round((width - size) / 2.0)))
+def is_extreme_aspect(height: int, width: int, size: int) -> bool:
+    """Whether resizing ``height x width`` to short edge ``size`` makes more than ``FULL_RESIZE_MAX_ASPECT`` times
+    ``size * size`` pixels: then only the centre crop's window is resized (:mod:`cspnet.data.resample`)."""
+    new_h, new_w = short_edge_shape(height, width, size)
+    return new_h * new_w > FULL_RESIZE_MAX_ASPECT * size * size
 
 
 def resize_short_edge(img: Image.Image, size: int, interpolation: str = "bicubic") -> Image.Image:
@@ -188,9 +264,25 @@ class EvalTransform:
         return f"EvalTransform({self.preset})"
 
     def to_uint8(self, image: ImageLike) -> torch.Tensor:
-        """Image -> uint8 RGB tensor ``(3, crop, crop)``: mmpretrain's pipeline before normalisation."""
+        """Image -> uint8 RGB tensor ``(3, crop, crop)``: mmpretrain's pipeline before normalisation.
+
+        Raises:
+            ImageError: for an unreadable image (:func:`load_image`), or one of extreme aspect ratio with the
+                ``nearest`` filter, whose windowed resize is not implemented (naming the file and the sizes).
+        """
         p = self.preset
-        img = center_crop(resize_short_edge(load_image(image), p.resize, p.interpolation), p.crop)
+        img = load_image(image)
+        if is_extreme_aspect(img.height, img.width, p.resize):
+
+            if p.interpolation not in FILTERS:
+                new_h, new_w = short_edge_shape(img.height, img.width, p.resize)
+                name = repr(os.fsdecode(image)) if isinstance(image, (str, os.PathLike)) else "an image"
+                raise ImageError(f"image {name} of {img.width} x {img.height} pixels would be resized to {new_w} x "
+                                 f"{new_h} (aspect ratio over {FULL_RESIZE_MAX_ASPECT}:1) for a {p.crop} crop, and "
+                                 f"the 'nearest' filter has no cropped resize here: crop the image or use another "
+                                 f"interpolation")
+            return resize_crop_window(np.asarray(img, dtype=np.uint8), p)
+        img = center_crop(resize_short_edge(img, p.resize, p.interpolation), p.crop)
         return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:

@@ -30,7 +30,7 @@ import torch
 
 from .._io import atomic_write
 from ..config import TrainSpec
-from ..errors import CheckpointError
+from ..errors import CheckpointError, TrainingError
 from ..spec import ModelSpec
 from ..weights.files import read_file
 from ..workdirs import LAST
@@ -62,10 +62,23 @@ def set_rng_state(state: Mapping) -> None:
 
 def save_checkpoint(state: Mapping[str, Any], path: str | os.PathLike) -> Path:
     """Write ``state`` atomically (a reader sees the previous file or the whole new one) and point
-    ``last_checkpoint`` at it."""
+    ``last_checkpoint`` at it.
+
+    Raises:
+        TrainingError: the disk is full (or over quota, read-only...): nothing of this checkpoint is left, and the
+            message names the previous one, which is intact, to resume from.
+    """
     path = Path(path)
-    atomic_write(path, lambda tmp: torch.save(dict(state), tmp))
-    atomic_write(path.parent / LAST, lambda tmp: tmp.write_text(path.name + "\n"))
+    previous = path.parent / LAST
+    previous = path.parent / previous.read_text().strip() if previous.is_file() else None
+    try:
+        atomic_write(path, lambda tmp: torch.save(dict(state), tmp), what="checkpoint", error=TrainingError)
+        atomic_write(path.parent / LAST, lambda tmp: tmp.write_text(path.name + "\n"), what="checkpoint pointer",
+                     error=TrainingError)
+    except TrainingError as e:
+        keep = (f"The previous checkpoint {str(previous)!r} is intact: continue from it with --resume {previous}"
+                if previous is not None and previous.is_file() else "This run has no earlier checkpoint")
+        raise TrainingError(f"{e}. {keep}") from None
     return path
 
 

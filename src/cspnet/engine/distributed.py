@@ -35,9 +35,47 @@ class DistInfo:
         return self.rank == 0
 
 
-def default_device(device: str | torch.device | None = None) -> torch.device:
-    """``device`` as given, else ``cuda`` when available, else ``cpu``."""
-    return torch.device(device if device is not None else "cuda" if torch.cuda.is_available() else "cpu")
+def valid_devices() -> list[str]:
+    """The devices this process can compute on: ``cpu``, then ``cuda`` and ``cuda:<i>`` per visible GPU, ``mps``
+    and ``xpu`` where available."""
+    found = ["cpu"]
+    for kind in ("cuda", "xpu"):
+        backend = getattr(torch, kind, None)
+        if backend is not None and backend.is_available():
+            found += [kind, *(f"{kind}:{i}" for i in range(backend.device_count()))]
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        found.append("mps")
+    return found
+
+
+def default_device(device: str | torch.device | None = None, name: str = "--device") -> torch.device:
+    """``device`` as given, else ``cuda`` when available, else ``cpu``.
+
+    Raises:
+        InvalidOptionError: ``device`` is not a device name, or not one this machine has (``cuda`` without CUDA, a
+            GPU index past the last one); the message, naming the option ``name``, lists :func:`valid_devices`.
+    """
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    valid = valid_devices()
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise InvalidOptionError(f"{name} {str(device)!r} is not a device; valid here: {', '.join(valid)}") from None
+    if dev.type == "cpu":
+        return dev
+    # torch only finds out at the first tensor moved there (an AssertionError "Torch not compiled with CUDA
+    # enabled", or "invalid device ordinal" deep in the model build): say so now, with what there is instead.
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        why = ("this torch build has no CUDA" if torch.version.cuda is None else
+               "no GPU is visible (check the driver and CUDA_VISIBLE_DEVICES)")
+        raise InvalidOptionError(f"{name} {str(device)!r}: CUDA is not available ({why}); valid here: "
+                                 f"{', '.join(valid)}")
+    if (str(dev) if dev.index is not None else dev.type) not in valid:  # meta, a GPU past the last, an absent mps
+        raise InvalidOptionError(f"{name} {str(device)!r} is not available on this machine; valid here: "
+                                 f"{', '.join(valid)}")
+    return dev
 
 
 def init_distributed(launcher: str = "none", device: str | torch.device | None = None,
@@ -63,6 +101,10 @@ def init_distributed(launcher: str = "none", device: str | torch.device | None =
     dev = default_device(device)
     if dev.type == "cuda":
         if dev.index is None:
+            if local >= torch.cuda.device_count():  # more processes per node than GPUs
+                raise InvalidOptionError(f"LOCAL_RANK {local} has no GPU: this machine has "
+                                         f"{torch.cuda.device_count()}; start at most that many processes per node "
+                                         f"(torchrun --nproc-per-node)")
             dev = torch.device("cuda", local)
         torch.cuda.set_device(dev)
     if not dist.is_initialized():

@@ -38,7 +38,7 @@ from ..config import LossSpec, TrainSpec
 from ..data.loader import worker_count
 from ..data.train_transforms import TrainSampler, TrainSet, TrainTransform
 from ..data.transforms import EvalTransform
-from ..errors import CheckpointError, ConfigError, TrainingError
+from ..errors import CheckpointError, ConfigError, CSPNetError, TrainingError
 from ..models import ImageClassifier
 from ..plotting import plot_runs
 from ..spec import ModelSpec
@@ -316,16 +316,19 @@ def _save(run: TrainRun, epoch: int, iteration: int, name: str) -> Path:
     rngs = all_gather_object(ckpt_lib.rng_state())  # a collective: every rank calls _save at the same point
     path = run.work_dir / name
     if run.dist.is_main:
-        state = _state(run, epoch, iteration, rngs)
-        if name.startswith("epoch_"):  # the inference file first: last_checkpoint must name a complete pair
-            _save_inference_file(run, path.with_suffix(".safetensors"))
-        ckpt_lib.save_checkpoint(state, path)
+        ckpt_lib.save_checkpoint(_state(run, epoch, iteration, rngs), path)
+        if name.startswith("epoch_"):
+            try:
+                _save_inference_file(run, path.with_suffix(".safetensors"))
+            except CSPNetError as e:  # a full disk, say: the run can go on from the checkpoint just written
+                raise TrainingError(f"{e}. The checkpoint {str(path)!r} was written: continue from it with "
+                                    f"--resume {path}") from None
         log.info("saved checkpoint %s", path)
     return path
 
 
 def _save_inference_file(run: TrainRun, path: Path) -> None:
-    """The weights every command uses by default (the EMA's when the EMA's top-1 chooses ``best``, as
+    """The weights every command uses by default (the EMA's when the EMA's top-1 chose ``best``, as
     :func:`cspnet.weights.files.read_weights` decides for the ``.pth``) with the model's spec: a few MB for predict,
     test, export, timm and (after ``cspnet convert``) mmpretrain."""
     ema = run.ema is not None and run.best.get("metric") == "ema_top1"
@@ -595,7 +598,9 @@ def _fit_loop(run: TrainRun, epoch: int, start_iter: int) -> dict:
         if run.val_loader is not None and done >= spec.val_begin and (done % spec.val_interval == 0
                                                                        or done == spec.max_epochs):
             last = validate(run, epoch)
-            metric = "ema_top1" if "ema_top1" in last else "top1"  # the EMA's when evaluated, as timm
+            # the better of the weights evaluated, the EMA's on a tie (as timm): a short fine-tune's EMA can lag far
+            # behind the raw weights, and best must not be a model at chance; the file records which it holds
+            metric = max((k for k in ("ema_top1", "top1") if k in last), key=last.__getitem__)
             improved = run.best["top1"] is None or last[metric] > run.best["top1"]
             if improved:
                 run.best = {"top1": last[metric], "epoch": done, "metric": metric}

@@ -17,7 +17,7 @@ from ..errors import CheckpointError, InvalidOptionError
 from ..models import CSPArch, CSPNet, ImageClassifier
 from ..spec import ModelSpec
 from . import convert
-from .files import read_weights
+from .files import read_weights, unwrap
 from .records import WEIGHTS, get_weights_info
 from .sources import fetch_url, is_url, resolve
 
@@ -64,21 +64,28 @@ def locate(pretrained: bool | str | os.PathLike, arch: str | None, **where) -> P
     return fetch_url(str(pretrained), record.name, record.sources, **where)
 
 
-def read(pretrained: Pretrained, arch: CSPArch | str | None = None, *, use_ema: bool | None = None, **where) -> Found:
+def read(pretrained: Pretrained, arch: CSPArch | str | None = None, *, use_ema: bool | None = None,
+         unsafe_load: bool = False, **where) -> Found:
     """resolve -> read -> convert: the weights ``pretrained`` names, for ``arch`` (None: whichever the file holds).
 
-    ``pretrained``: True (the published weights of ``arch``), a path, a URL, or a state dict in any layout.
-    ``use_ema``: see :func:`cspnet.weights.files.read_weights`.
+    ``pretrained``: True (the published weights of ``arch``), a path, a URL, or a state dict (or a whole checkpoint)
+    in any layout. ``use_ema``: see :func:`cspnet.weights.files.read_weights`; True is an error for weights without
+    EMA, a state dict given in memory too. ``unsafe_load``: ``cspnet convert --unsafe-load`` only (see
+    :func:`cspnet.weights.files.read_file`).
 
     Raises:
-        CheckpointError: the weights are of another architecture (named), or do not fit (every key listed).
+        CheckpointError: the weights are of another architecture (named), do not fit (every key listed), or are
+            not usable numbers (NaN/Inf, integer or empty tensors where floats are expected).
     """
     name = arch.name if isinstance(arch, CSPArch) else arch
     if isinstance(pretrained, Mapping):
-        state_dict, recorded, classes, source, ema = dict(pretrained), None, None, "state dict", False
+        f = unwrap(pretrained, "state dict", use_ema)
+        source = "state dict"
     else:
-        f = read_weights(locate(pretrained, name, **where), use_ema)
-        state_dict, recorded, classes, source, ema = f.state_dict, f.spec, f.classes, f"checkpoint {str(f.path)!r}", f.ema
+        f = read_weights(locate(pretrained, name, **where), use_ema, unsafe_load=unsafe_load)
+        source = f"checkpoint {str(f.path)!r}"
+    state_dict, recorded, classes, ema = f.state_dict, f.spec, f.classes, f.ema
+    check_values(state_dict, source)
     held = recorded.arch if recorded is not None else convert.guess_arch(state_dict)
     if name is not None and held is not None and held != name:
         raise CheckpointError(f"{source} holds {held} weights, not {name}: build the model with get_model({held!r}, ...)")
@@ -93,6 +100,30 @@ def read(pretrained: Pretrained, arch: CSPArch | str | None = None, *, use_ema: 
     if recorded is None and held in PUBLISHED:
         found = dataclasses.replace(found, spec=_inferred(get_weights_info(held).spec(), found.num_classes, classes))
     return found
+
+
+def check_values(state_dict: Mapping[str, torch.Tensor], source: str) -> None:
+    """Refuse weights no model should run with, naming the first bad tensors: NaN or Inf values (a diverged run, a
+    damaged file: the model would print "nan% tench"), and tensors that are not dense floating point where weights
+    are (int8/quantized, bool, complex, sparse, meta). Integer buffers (``num_batches_tracked``) are counters."""
+    kinds, nonfinite = [], []
+    for k, t in state_dict.items():
+        if k.endswith(convert.OPTIONAL_SUFFIX):
+            continue
+        if t.layout != torch.strided or t.is_meta or not t.is_floating_point():
+            what = "meta (no data)" if t.is_meta else str(t.layout) if t.layout != torch.strided else str(t.dtype)
+            kinds.append(f"{k} ({what})")
+        elif not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            nonfinite.append(f"{k} ({bad} of {t.numel()} values{', NaN' if bool(torch.isnan(t).any()) else ''})")
+    if kinds:
+        raise CheckpointError(f"{source}: {len(kinds)} tensors are not floating-point weights: {', '.join(kinds[:5])}"
+                              f"{' ...' if len(kinds) > 5 else ''}. Quantized or integer weights cannot be loaded "
+                              f"into this float model; use the float checkpoint")
+    if nonfinite:
+        raise CheckpointError(f"{source}: {len(nonfinite)} tensors hold NaN or Inf: {', '.join(nonfinite[:5])}"
+                              f"{' ...' if len(nonfinite) > 5 else ''}. The file is damaged or its training diverged; "
+                              f"use another checkpoint (an earlier epoch's)")
 
 
 def _inferred(published: ModelSpec, width: int | None, classes: tuple[str, ...] | None) -> ModelSpec:

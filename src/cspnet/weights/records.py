@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..data.classes import imagenet_classes
 from ..data.presets import EvalPreset
@@ -51,6 +51,13 @@ class WeightsInfo:
     paper: str = "https://arxiv.org/abs/1911.11929"
     notes: str = ""
     other_metrics: tuple[Metrics, ...] = field(default=())
+
+    def __post_init__(self):
+        # Every source's download is bounded by the size the file can have: float32 parameters and BN buffers plus a
+        # little metadata, well under twice the parameters' 4 bytes each (+16 MiB); a server sending more is wrong.
+        bound = 8 * self.params + (16 << 20)
+        object.__setattr__(self, "sources", tuple(s if s.max_bytes else replace(s, max_bytes=bound)
+                                                  for s in self.sources))
 
     def spec(self) -> ModelSpec:
         """The model these weights fill: an ImageNet-1k classifier with this record's eval preprocessing."""
