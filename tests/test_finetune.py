@@ -60,6 +60,15 @@ default_hooks = dict(logger=dict(interval=1))
     return path
 
 
+def copy_run(src, dst):
+    """A copy of a run folder whose checkpoints are hard links: hundreds of MB each, and only ever replaced by a
+    rename, never written in place (the logs, which are appended to, are copied)."""
+    def link_or_copy(a, b):
+        return os.link(a, b) if a.endswith((".pth", ".safetensors")) else shutil.copy2(a, b)
+
+    shutil.copytree(src, dst, copy_function=link_or_copy)
+
+
 def hashes(folder) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
 
@@ -171,7 +180,7 @@ def test_runs_in_one_work_dir_keep_their_own_files(ema_run, tmp_path):
     cfg, first, _ = ema_run
     before = hashes(first)
     wd = tmp_path / "wd"
-    shutil.copytree(first, wd / first.name)
+    copy_run(first, wd / first.name)
     assert cli(["train", str(cfg), "--work-dir", str(wd), "--cfg-options",
                 "default_hooks.checkpoint.max_keep_ckpts=1"]) == 0
     old, new = workdirs.run_dirs(wd)
@@ -205,7 +214,7 @@ def test_a_resume_that_cannot_be_exact_changes_nothing(ema_run, pets, tmp_path, 
     cfg, first, _ = ema_run
     wd = tmp_path / "wd"
     run = wd / first.name
-    shutil.copytree(first, run)
+    copy_run(first, run)
     (run / "last_checkpoint").write_text("epoch_1.pth\n")  # as if it stopped after epoch 1
     before = hashes(run)
     renamed = tmp_path / "renamed"  # the same images, one class renamed
@@ -308,7 +317,7 @@ randomness = dict(seed=0, deterministic=True)
     assert [e.step for e in events.Scalars("val/top1")] == [3, 6]  # 24 images / 8 per step, 2 epochs
     # resume after epoch 1 in a copy of the run: the same epoch 2, bit for bit
     again = tmp_path / "again" / run.name
-    shutil.copytree(run, again)
+    copy_run(run, again)
     for name in ("epoch_2.pth", "epoch_2.safetensors", "best.pth", "best.safetensors"):
         (again / name).unlink(missing_ok=True)
     (again / "last_checkpoint").write_text("epoch_1.pth\n")

@@ -45,7 +45,8 @@ if hasattr(errno, "EDQUOT"):
     _STORAGE[errno.EDQUOT] = "the disk quota is exceeded"
 
 
-def _kind(mode: int) -> str:
+def special_kind(mode: int) -> str:
+    """What a file that is not a regular file or a folder is, by its ``st_mode``: 'FIFO (named pipe)', ..."""
     if stat.S_ISCHR(mode):
         return "character device"
     if stat.S_ISBLK(mode):
@@ -127,7 +128,7 @@ def output_path(dst: str | os.PathLike, what: str = "output file",
     if st is not None and stat.S_ISDIR(st.st_mode):
         raise InvalidOptionError(f"{what} {given!r}{through} is a folder; give a file path")
     if st is not None and not stat.S_ISREG(st.st_mode):
-        kind = _kind(st.st_mode)
+        kind = special_kind(st.st_mode)
         raise InvalidOptionError(f"{what} {given!r}{through} is a {kind}, not a regular file: cspnet writes a new file "
                                  f"and renames it into place, which would put a regular file where the {kind} was; "
                                  f"give a file path")

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .._io import special_kind
 from ..errors import ImageError
 from .presets import (IMAGENET_MEAN, IMAGENET_STD, INTERPOLATIONS, EvalPreset,  # noqa: F401 (re-exported)
                       crop_offsets, short_edge_shape)
@@ -33,10 +34,8 @@ RESAMPLING = {name: getattr(Image.Resampling, name.upper()) for name in INTERPOL
 # cspnet.data.resample), so the cost follows the crop, not the aspect ratio.
 FULL_RESIZE_MAX_ASPECT = 8
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+://")  # http://, https://, s3://, file://, ... (not C:/)
-_KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)", "opening it waits for a writer, for ever"),
-          (stat.S_ISSOCK, "a socket", "it cannot be opened as a file"),
-          (stat.S_ISCHR, "a character device", "reading it can block or never end"),
-          (stat.S_ISBLK, "a block device", "it is a whole disk"))
+_WHY_NOT = {"FIFO (named pipe)": "opening it waits for a writer, for ever", "socket": "it cannot be opened as a file",
+            "character device": "reading it can block or never end", "block device": "it is a whole disk"}
 
 
 def check_regular_file(path: str | os.PathLike, what: str = "image file", error: type[Exception] = ImageError
@@ -67,8 +66,9 @@ def check_regular_file(path: str | os.PathLike, what: str = "image file", error:
     if stat.S_ISDIR(st.st_mode):
         raise error(f"{name!r} is a directory; expected {'an' if what[0] in 'aeiou' else 'a'} {what}")
     if not stat.S_ISREG(st.st_mode):
-        kind, why = next(((k, w) for test, k, w in _KINDS if test(st.st_mode)), ("a special file", "not data"))
-        raise error(f"{what} {name!r} is {kind}, not a regular file ({why}): give the path of a regular file")
+        kind = special_kind(st.st_mode)
+        raise error(f"{what} {name!r} is a {kind}, not a regular file ({_WHY_NOT.get(kind, 'not data')}): give the "
+                    f"path of a regular file")
     return st
 
 

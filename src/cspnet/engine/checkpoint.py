@@ -83,8 +83,17 @@ def save_checkpoint(state: Mapping[str, Any], path: str | os.PathLike) -> Path:
 
 
 def copy_checkpoint(src: Path, dst: Path) -> None:
-    """Atomic copy (``best.pth``)."""
-    atomic_write(dst, lambda tmp: shutil.copyfile(src, tmp))
+    """``dst`` as another name of ``src`` (``best.pth``), atomically: a hard link, which takes no space (a full
+    checkpoint is hundreds of MB) and keeps the file when ``src`` is pruned; every write replaces a file by renaming,
+    so the two never change together. A copy where the file system has no hard links."""
+    tmp = dst.with_name(f".{dst.name}.link")  # one writer per run folder (its lock): a fixed name is safe
+    try:
+        tmp.unlink(missing_ok=True)
+        os.link(src, tmp)
+        os.replace(tmp, dst)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        atomic_write(dst, lambda t: shutil.copyfile(src, t))
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
