@@ -16,6 +16,23 @@ sys.path.insert(0, str(Path(__file__).parent))  # tests/golden.py, tests/httpser
 import golden  # noqa: E402
 
 
+@pytest.fixture(autouse=True, scope="session")
+def isolated_temp_files(tmp_path_factory):
+    """Temporary files go into the session's folder, also those of the processes tests start (torchrun's
+    ``torchelastic_*`` folders, ...): no test leaves anything in the system's /tmp."""
+    import tempfile
+
+    folder = str(tmp_path_factory.mktemp("tmp"))
+    saved = os.environ.get("TMPDIR"), tempfile.tempdir
+    os.environ["TMPDIR"], tempfile.tempdir = folder, folder
+    yield folder
+    tempfile.tempdir = saved[1]
+    if saved[0] is None:
+        os.environ.pop("TMPDIR", None)
+    else:
+        os.environ["TMPDIR"] = saved[0]
+
+
 @pytest.fixture(autouse=True)
 def isolated_caches(tmp_path_factory, monkeypatch):
     """No test reads or writes the user's caches, and none reaches the network unless it sets up a local server."""
