@@ -187,7 +187,7 @@ def download(url: str, dst: str | os.PathLike, sha256_prefix: str | None = None,
     timer.start()
     got, total = 0, None
     try:
-        with atomic_path(dst) as tmp:
+        with atomic_path(dst, what="download", error=DownloadError) as tmp:
             req = urllib.request.Request(url, headers={"User-Agent": "cspnet"})
             with _watched_opener(sockets).open(req, timeout=timeout) as resp, open(tmp, "wb") as out:
                 total = resp.headers.get("Content-Length")
