@@ -178,3 +178,28 @@ def test_a_config_file_is_code_and_runs_when_read(tmp_path):
     bad.write_text("raise RuntimeError('boom')\n")
     with pytest.raises(ConfigError, match=r"bad\.py.*boom"):
         C.load_config(bad, schema=None)
+
+
+@pytest.mark.reliability("config-huge-sizes")
+def test_sizes_no_machine_holds_are_refused_before_any_work(tmp_path, capsys):
+    """A resize, crop or head far beyond any model's (a typo, or a hostile config or checkpoint) is refused where it
+    is read, not met as a failed allocation of gigabytes later."""
+    from cspnet.cli import main as cli
+    from cspnet.errors import CheckpointError
+    from cspnet.spec import ModelSpec
+
+    base = str(REPO / "configs" / "cspnet" / "cspresnet50_8xb32_in1k.py")
+    cases = [(["test_dataloader.dataset.pipeline.1.scale=100000"], "scale=100000 is over 4096 pixels"),
+             (["test_dataloader.dataset.pipeline.2.crop_size=5000"], "crop_size=5000 is over 4096 pixels"),
+             (["model.head.num_classes=10000000000"], "num_classes=10,000,000,000 is over 100,000")]
+    for options, message in cases:
+        assert cli(["test", base, str(tmp_path / "none.pth"), "--cfg-options", *options]) == 2
+        assert message in capsys.readouterr().err, options
+    assert cli(["train", base, "--work-dir", str(tmp_path / "wd"), "--cfg-options",
+                "train_dataloader.dataset.pipeline.1.scale=100000"]) == 2
+    assert "scale=100000 is over 4096 pixels" in capsys.readouterr().err and not (tmp_path / "wd").exists()
+    # the same bounds hold for what a checkpoint's recorded spec says
+    meta = ModelSpec("cspresnet50", EvalPreset(288, 256), 3).to_meta()
+    for change in ({"num_classes": 10**10}, {"eval": {**meta["eval"], "resize": 10**6, "crop": 10**6}}):
+        with pytest.raises(CheckpointError, match=r"'w\.pth'.*(over 100,000|over 4096)"):
+            ModelSpec.from_meta({**meta, **change}, "checkpoint 'w.pth'")

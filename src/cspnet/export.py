@@ -25,6 +25,7 @@ from torch import nn
 from ._io import atomic_write, output_path
 from ._version import __version__
 from .analysis import resolution
+from .data.presets import MAX_SIDE
 from .data.transforms import EvalTransform
 from .errors import ExportError, InvalidOptionError
 from .models import ARCHS, ImageClassifier
@@ -53,8 +54,7 @@ DYNAMIC_CHECK_BATCHES = (1, 3)  # mmpretrain#1273: dynamic-batch ONNX that was r
 # The export runs the model on a seeded batch of this size (and the check on up to 3 with a dynamic batch), so the
 # size is bounded before any work: --image-size 1000000 would otherwise try to allocate 12 TB. 4096 x 4096 pixels
 # (batch 1 at 4096x4096, or batch 256 at 256x256) is ~200 MB of input and a few GB of activations.
-MAX_SIDE = 4096
-MAX_PIXELS = 4096 * 4096
+MAX_PIXELS = MAX_SIDE * MAX_SIDE  # MAX_SIDE: the library's one bound on an image side (data/presets.py)
 
 
 def check_size(hw: tuple[int, int], batch_size: int, dynamic_batch: bool,

@@ -19,6 +19,8 @@ if TYPE_CHECKING:  # the modules are imported by build(): a spec (weight records
     from .models import CSPNet, ImageClassifier
 
 SPEC_VERSION = 1
+# ImageNet-21k has 21,843 classes; a head beyond this is a typo or a hostile file, and would take gigabytes
+MAX_CLASSES = 100_000
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,9 @@ class ModelSpec:
     def __post_init__(self):
         if not isinstance(self.num_classes, int) or isinstance(self.num_classes, bool) or self.num_classes < 0:
             raise InvalidOptionError(f"num_classes={self.num_classes!r} must be a non-negative integer")
+        if self.num_classes > MAX_CLASSES:
+            raise InvalidOptionError(f"num_classes={self.num_classes:,} is over {MAX_CLASSES:,}: its head alone would "
+                                     f"take {self.num_classes * 2048 * 4 / 2**30:,.0f} GB or more")
         if self.classes is not None:
             object.__setattr__(self, "classes", tuple(str(c) for c in self.classes))
             if len(self.classes) != self.num_classes:

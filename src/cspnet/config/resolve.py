@@ -23,7 +23,7 @@ from .._io import atomic_write
 from ..data.classes import imagenet_classes
 from ..data.datasets import DataSpec
 from ..data.mixing import BatchMix, RandomErasing
-from ..data.presets import IMAGENET_MEAN, IMAGENET_STD, INTERPOLATIONS, EvalPreset
+from ..data.presets import IMAGENET_MEAN, IMAGENET_STD, INTERPOLATIONS, MAX_SIDE, EvalPreset
 from ..data.randaugment import RandAugment, from_mmpretrain, parse_timm
 from ..data.train_transforms import TrainPipeline
 from ..errors import ConfigError
@@ -295,6 +295,9 @@ def _square(where: str, step: Mapping, key: str) -> int:
     size = size[0] if isinstance(size, (list, tuple)) and len(set(size)) == 1 else size
     if not isinstance(size, int) or isinstance(size, bool) or size < 1:
         raise ConfigError(f"{where}: {key}={step.get(key)!r}; give one positive size (only square crops)")
+    if size > MAX_SIDE:
+        raise ConfigError(f"{where}: {key}={size} is over {MAX_SIDE} pixels (each image would take gigabytes); give "
+                          f"a size up to {MAX_SIDE}")
     return size
 
 

@@ -9,6 +9,9 @@ IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
 
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos")  # Pillow's filters of these names
+# The largest image side a preset (or a training crop, or an export) may ask for. The published presets are 224-288;
+# a bound here bounds every resize's work and memory, whatever a config or a checkpoint's spec says.
+MAX_SIDE = 4096
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,8 @@ class EvalPreset:
             raise ValueError(f"interpolation={self.interpolation!r}; choose from {list(INTERPOLATIONS)}")
         if not 0 < self.crop <= self.resize:
             raise ValueError(f"crop={self.crop} must be positive and at most resize={self.resize}")
+        if self.resize > MAX_SIDE:
+            raise ValueError(f"resize={self.resize} is over {MAX_SIDE} pixels, far beyond any eval preset")
 
     def describe(self) -> str:
         return f"RGB, Pillow {self.interpolation} short edge {self.resize}, centre crop {self.crop}, mean/std on 0-255"
