@@ -345,3 +345,30 @@ def test_a_terminal_shows_a_progress_bar(pets, tmp_path, recipe_checkpoint):
     assert re.search(r"epoch 1/1: +\d+%\|.*\| \d/3 .*loss \d\.\d{4}  lr \d\.\d{3}e-\d\d  [\d.]+ img/s  0:\d\d:\d\d left",
                      text), text[-2000:]
     assert re.search(r"^\d\d:\d\d:\d\d INFO Epoch\(train\) \[1\]\[3/3\]", text, re.M)
+
+
+def test_test_evaluates_as_timm_with_crop_pct(ema_run, pets, capsys):
+    """``--crop-pct F --interpolation bilinear``: timm's eval transform (short edge floor(crop / F)) beside
+    mmpretrain's; the top-1 is that of the model on those pixels, computed here from the images."""
+    from cspnet.data.presets import EvalPreset
+    from cspnet.data.transforms import EvalTransform
+
+    assert EvalPreset(288, 256).with_crop_pct(0.887) == EvalPreset(288, 256)  # timm's published CSPNet eval
+    assert EvalPreset(256, 224).with_crop_pct(0.875, "bilinear") == EvalPreset(256, 224, "bilinear")
+    assert EvalPreset(36, 32).with_crop_pct(0.5).resize == 64
+    cfg, run, _ = ema_run
+    capsys.readouterr()
+    assert cli(["test", str(cfg), str(run / "best.pth"), "--num-workers", "0", "--crop-pct", "0.5",
+                "--interpolation", "bilinear", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert (summary["eval"]["resize"], summary["eval"]["crop"], summary["eval"]["interpolation"]) == (64, 32, "bilinear")
+    model = cspnet.get_model(run / "best.pth")
+    t = EvalTransform(model.transform.preset.with_crop_pct(0.5, "bilinear"))
+    images = [(p, NAMES.index(p.parent.name)) for p in sorted((pets / "val").rglob("*.png"))]
+    with torch.no_grad():
+        hits = [model(t(p)[None]).argmax(1).item() == y for p, y in images]
+    assert summary["metrics"]["accuracy/top1"] == pytest.approx(100 * sum(hits) / len(hits), abs=1e-4)
+    for bad in ("0", "1.5", "x"):
+        with pytest.raises(SystemExit):
+            cli(["test", str(cfg), str(run / "best.pth"), "--crop-pct", bad])
+    assert "expected a fraction in (0, 1]" in capsys.readouterr().err

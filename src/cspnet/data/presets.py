@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 
 # ImageNet statistics on the 0-255 scale, as mmpretrain's data_preprocessor (timm's 0-1 values times 255).
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
@@ -36,6 +37,16 @@ class EvalPreset:
             raise ValueError(f"crop={self.crop} must be positive and at most resize={self.resize}")
         if self.resize > MAX_SIDE:
             raise ValueError(f"resize={self.resize} is over {MAX_SIDE} pixels, far beyond any eval preset")
+
+    def with_crop_pct(self, crop_pct: float | None = None, interpolation: str | None = None) -> "EvalPreset":
+        """This preset as timm's eval transform makes it: the short edge resized to ``floor(crop / crop_pct)`` (timm's
+        ``crop_pct``; its published CSPNet figures use 0.887 at 256, so 288), the same centre crop; ``interpolation``
+        (timm's: bilinear) replaces the filter. torchvision's ``Resize``/``CenterCrop`` on a PIL image truncate and
+        round as mmpretrain's steps do, so these are timm's pixels."""
+        if crop_pct is not None and not 0 < crop_pct <= 1:
+            raise ValueError(f"crop_pct={crop_pct}: expected a fraction in (0, 1]")
+        resize = math.floor(self.crop / crop_pct) if crop_pct is not None else self.resize
+        return replace(self, resize=resize, interpolation=interpolation or self.interpolation)
 
     def describe(self) -> str:
         return f"RGB, Pillow {self.interpolation} short edge {self.resize}, centre crop {self.crop}, mean/std on 0-255"
