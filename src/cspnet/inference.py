@@ -118,24 +118,25 @@ def inference_model(model: ImageClassifier | str, images: ImageLike | Sequence[I
         num_workers = min(os.cpu_count() or 1, batches) if batches > 1 else 0
     loader = build_eval_loader(ImageList(items, inp.read), batch_size, num_workers, pin_memory=dev.type == "cuda")
     results = []
-    bar = tqdm(total=len(items), unit="img", desc="predict", disable=None if progress is None else not progress,
-               dynamic_ncols=True, leave=False)
-    for _, batch, _, bad in loader:
-        if bad:  # the first unreadable image, named by its ImageError
-            bar.close()
-            raise ImageError(bad[0][1])
-        batch = inp.on_device(batch) if inp.on_device else batch.to(dev, non_blocking=True)
-        scores = net(transform.normalize(batch)).float().softmax(dim=1).cpu()
-        bar.update(len(scores))
-        for row in scores:
-            label = int(row.argmax())
-            res = {"pred_label": label, "pred_score": float(row[label]), "pred_scores": row.numpy().astype(np.float32)}
-            if model.classes is not None:
-                res["pred_class"] = model.classes[label]
-            if topk:
-                vals, idx = row.topk(min(topk, row.numel()))
-                res["topk"] = [(int(i), float(v), model.classes[int(i)] if model.classes is not None else None)
-                               for v, i in zip(vals, idx)]
-            results.append(res)
-    bar.close()
+    with tqdm(total=len(items), unit="img", desc="predict", disable=None if progress is None else not progress,
+              dynamic_ncols=True, leave=False) as bar:
+        for _, batch, _, bad in loader:
+            if bad:  # the first unreadable image, named by its ImageError
+                raise ImageError(bad[0][1])
+            batch = inp.on_device(batch) if inp.on_device else batch.to(dev, non_blocking=True)
+            scores = net(transform.normalize(batch)).float().softmax(dim=1).cpu()
+            bar.update(len(scores))
+            results += [_result(row, model.classes, topk) for row in scores]
     return results[0] if single else results
+
+
+def _result(scores: torch.Tensor, classes: Sequence[str] | None, topk: int | None) -> dict[str, Any]:
+    """One image's softmax scores ``(num_classes,)`` -> :func:`inference_model`'s dict."""
+    label = int(scores.argmax())
+    res = {"pred_label": label, "pred_score": float(scores[label]), "pred_scores": scores.numpy().astype(np.float32)}
+    if classes is not None:
+        res["pred_class"] = classes[label]
+    if topk:
+        vals, idx = scores.topk(min(topk, scores.numel()))
+        res["topk"] = [(int(i), float(v), classes[int(i)] if classes is not None else None) for v, i in zip(vals, idx)]
+    return res

@@ -60,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
         check_folder(Path.cwd(), "--output (default: the current folder)")
     model = load_model(args, device="cpu")
     output = args.output or f"{model.name}{FORMATS[args.format]}"
-    output_path(output, "--output", inputs)
+    if not args.output:  # the default name is known only now
+        output_path(output, "--output", inputs)
     res = export_model(model, output, args.format, dynamic_batch=args.dynamic_batch,
                        with_preprocessing=args.with_preprocessing,
                        opset=DEFAULT_OPSET if args.opset is None else args.opset, image_size=args.image_size,

@@ -334,6 +334,9 @@ def _bgr(where: str, value: Any) -> tuple[float, float, float]:
     return (float(value),) * 3 if one else tuple(float(v) for v in reversed(value))
 
 
+_STD = _kind("a number >= 0 or 'inf'", lambda v: v == "inf" or isinstance(v, (int, float)) and v >= 0, float)
+
+
 def _rand_augment(where: str, step: Mapping) -> RandAugment:
     """mmpretrain's ``RandAugment`` step, or timm's string as its policies (``policies='rand-m9-mstd0.5-inc1'``)."""
     hp = step.get("hparams") or {}
@@ -351,9 +354,6 @@ def _rand_augment(where: str, step: Mapping) -> RandAugment:
                                pad_val=pad, interpolation=interpolation)
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}") from None
-
-
-_STD = _kind("a number >= 0 or 'inf'", lambda v: v == "inf" or isinstance(v, (int, float)) and v >= 0, float)
 
 
 def _erasing(where: str, step: Mapping) -> RandomErasing:

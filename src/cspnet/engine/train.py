@@ -555,12 +555,14 @@ def fit(spec: TrainSpec, work_dir: str | os.PathLike | None = None, resume_from:
         with workdirs.run_lock(run_dir) if dist.is_main else contextlib.nullcontext(), StopRequest() as stop:
             run, epoch, start_iter = _start(spec, run_dir, dist, checkpoint, stop, where, resume)
             try:
-                return _fit_loop(run, epoch, start_iter)
-            finally:  # the curves of what was done, also after an interrupt or an error
+                return _fit_loop(run, epoch, start_iter)  # which draws the curves after every epoch
+            except BaseException:  # the curves of what was done, also after an interrupt or an error mid-epoch
                 if dist.is_main:
                     _draw(run_dir)
-                    if run.board is not None:
-                        run.board.close()
+                raise
+            finally:
+                if run.board is not None:
+                    run.board.close()
     finally:
         # only when changed: the call imports torch._dynamo (~2 s), which a run that fails at once should not pay
         if (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()) \
