@@ -58,10 +58,76 @@ def versions() -> dict[str, str]:
     return out
 
 
+CPU_FLAGS = ("avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_vnni")  # what fp32/bf16 kernels use
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # native bf16 dot products; without them oneDNN converts (slower than fp32)
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (``lscpu``'s ``Flags``, from /proc/cpuinfo); empty where there is none."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def bf16_unsupported(device: torch.device) -> str | None:
+    """``None`` when bf16 runs natively on ``device``; else why not, in words (the bf16 rows are then skipped)."""
+    if device.type == "cuda":
+        return None if torch.cuda.is_bf16_supported() else f"{torch.cuda.get_device_name(device)} has no bf16"
+    if not torch.backends.mkldnn.is_available():
+        return "this torch build has no oneDNN (torch.backends.mkldnn), which runs CPU bf16 convolutions"
+    if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return "oneDNN reports no bf16 support on this CPU"
+    if not set(BF16_FLAGS) & cpu_flags():
+        return (f"the CPU has none of {', '.join(BF16_FLAGS)}: oneDNN would convert to fp32 and back, slower than "
+                "fp32")
+    return None
+
+
+def matmul_peak(dtype: str, device: torch.device, n: int = 4096, reps: int = 3) -> tuple[float, dict[str, float]]:
+    """This machine's measured dense ceiling in ``dtype`` ('fp32' or 'bf16'), with the threads the models get:
+    ``(best FLOP/s, {way: FLOP/s})``, ``2 n^3`` flops per ``(n, n) @ (n, n)`` product, the fastest of ``reps`` timed
+    reps per way. Two ways: ``torch.mm`` (on CPU, fp32 goes to MKL, bf16 to oneDNN) and the same product as a 1x1
+    convolution (oneDNN, the library that runs the models' convolutions; on CPU only): the ceiling is the faster,
+    so no path's share is taken of a slower library's figure. Each timed rep runs enough products to last >= 0.2 s
+    (one on a 2-core CPU; hundreds on a GPU)."""
+    dt = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
+    g = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(n, n, generator=g).to(device=device, dtype=dt) for _ in range(2))
+    ways = {"matmul": lambda: torch.mm(a, b)}
+    if device.type == "cpu":  # (1, n, n, 1) NCHW input times n x n x 1 x 1 weights: n^3 MACs, oneDNN's GEMM
+        x, w = a.view(1, n, n, 1), b.view(n, n, 1, 1)
+        ways["1x1 conv"] = lambda: torch.nn.functional.conv2d(x, w)
+    got = {}
+    with torch.inference_mode():
+        for way, fn in ways.items():
+            fn()  # warm-up: the library picks and prepares its kernel
+            sync(device)
+            t0 = time.perf_counter()
+            fn()
+            sync(device)
+            calls = max(1, int(0.2 / max(time.perf_counter() - t0, 1e-6)))
+            best = float("inf")
+            for _ in range(reps):
+                t0 = time.perf_counter()
+                for _ in range(calls):
+                    fn()
+                sync(device)
+                best = min(best, (time.perf_counter() - t0) / calls)
+            got[way] = 2 * n**3 / best
+    return max(got.values()), got
+
+
 def machine(device: torch.device) -> dict[str, str]:
-    """What a figure depends on: CPU, cores and threads, GPU, allocator, versions, load."""
+    """What a figure depends on: CPU (``lscpu``'s model name) and its flags that matter, cores and threads, GPU,
+    allocator, versions, load."""
+    flags = cpu_flags()
     info = {
         "cpu": f"{cpu_model()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}",
+        "cpu flags": ", ".join(f"{f} {'yes' if f in flags else 'no'}" for f in CPU_FLAGS) if flags else "n/a",
         "allocator": "jemalloc (LD_PRELOAD)" if "jemalloc" in os.environ.get("LD_PRELOAD", "") else "default (glibc)",
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else "none used",
         "versions": ", ".join(f"{k} {v}" for k, v in versions().items()),

@@ -15,10 +15,10 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 # package face (cspnet/__init__.py) names everything but imports only its leaves: it stands at the bottom.
 LAYERS = [
     {"errors", "_io", "_version", "_lazy", "__init__"},
-    {"models", "data", "weights", "spec", "workdirs"},
-    {"zoo", "export", "analysis", "visualize", "optimize", "plotting"},
+    {"models", "data", "weights", "spec", "workdirs", "rows"},
+    {"zoo", "export", "analysis", "visualize", "optimize", "plotting", "report", "quantize"},
     {"config"},
-    {"engine", "inference"},
+    {"engine", "inference", "serve"},
     {"cli", "__main__"},
 ]
 

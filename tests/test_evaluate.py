@@ -11,12 +11,15 @@ import runpy
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 import cspnet
+from cspnet import rows
 from cspnet.cli import main as cli_main
 from cspnet.data.transforms import EvalPreset, EvalTransform
 from cspnet.data.loader import build_eval_loader
@@ -147,12 +150,25 @@ def test_two_torchrun_processes_give_the_single_process_numbers(data, capsys, tm
     rc, out, err = run_test(capsys, R50, data["ckpt"], "--out", str(tmp_path / "one.json"), "--num-workers", "0",
                             "--cfg-options", *SMALL, f"test_dataloader.dataset.data_root={data['roots']['meta']}")
     assert rc == 0, err
+    rc, out, err = run_test(capsys, R50, data["ckpt"], "--out", str(tmp_path / "one.jsonl"), "--num-workers", "0",
+                            "--cfg-options", *SMALL, f"test_dataloader.dataset.data_root={data['roots']['meta']}")
+    assert rc == 0, err
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            str(REPO / "tools" / "test.py"), R50, data["ckpt"], "--launcher", "pytorch", "--batch-size", "3",
            "--resize", "device",  # each rank resizes on its own device: the same pixels as the loader's
-           "--num-workers", "0", "--out", str(tmp_path / "two.json"), "--cfg-options", *SMALL,
+           "--num-workers", "0", "--out", str(tmp_path / "two.jsonl"), "--cfg-options", *SMALL,
            f"test_dataloader.dataset.data_root={data['roots']['meta']}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # the rows of each image once, in index order, as one process wrote them; the parts merged and removed
+    two_rows, one_rows = rows.read_rows(tmp_path / "two.jsonl"), rows.read_rows(tmp_path / "one.jsonl")
+    assert [r["index"] for r in two_rows] == list(range(7))
+    assert [(r["path"], r["topk_labels"]) for r in two_rows] == [(r["path"], r["topk_labels"]) for r in one_rows]
+    assert np.allclose([r["topk_scores"] for r in two_rows], [r["topk_scores"] for r in one_rows], atol=1e-5)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one.json", "one.jsonl", "one.jsonl.meta.json",
+                                                          "two.jsonl", "two.jsonl.meta.json"]
+    cmd[cmd.index("--out") + 1] = str(tmp_path / "two.json")
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert printed(proc.stdout) == printed(out) == data["expected"]
@@ -221,8 +237,12 @@ def test_bad_inputs_get_clear_errors(data, capsys, tmp_path):
     err = fails(data["roots"]["folder"], "test_dataloader.dataset.type=CustomDataset")
     assert "the model predicts 1000 classes (model.head.num_classes) but the test set has 6" in err
     assert "loaded" not in err  # found before the checkpoint is read
-    rc, _, err = run_test(capsys, R50, data["ckpt"], "--out", "x.pkl")
-    assert rc == 2 and "*.json" in err
+    rc, _, err = run_test(capsys, R50, data["ckpt"], "--out", "x.txt")
+    assert rc == 2 and ".jsonl, .csv or .parquet (a row per image), .pkl" in err
+    rc, _, err = run_test(capsys, R50, data["ckpt"], "--out", "x.csv", "--out-item", "metrics")
+    assert rc == 2 and "name the file .json or .pkl" in err
+    rc, _, err = run_test(capsys, R50, data["ckpt"], "--out-item", "metrics")
+    assert rc == 2 and "--out-item needs --out" in err
 
 
 @pytest.mark.parametrize("resize", ["loader", "device"])
@@ -248,3 +268,82 @@ def test_the_eval_loaders_of_all_ranks_take_every_index_once(n, world):
     shards = [[int(i) for indices, *_ in loader for i in indices] for loader in loaders]
     assert sorted(i for s in shards for i in s) == list(range(n)) and all(s == sorted(s) for s in shards)
     assert [len(loader.sampler) for loader in loaders] == [len(s) for s in shards]
+
+
+def _own_scores(ckpt: str, paths: list[str]) -> torch.Tensor:
+    """Each image's softmax, computed here from the file itself: not through the evaluator's loader."""
+    model = cspnet.get_model("cspresnet50", pretrained=ckpt)
+    return scores_of(model, [Path(p) for p in paths], EvalPreset(64, 56))
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv", ".parquet"])
+def test_out_rows_equal_the_logits_of_each_image(data, capsys, tmp_path, suffix):
+    out = tmp_path / f"res{suffix}"
+    rc, stdout, err = run_test(capsys, R50, data["ckpt"], "--out", str(out), "--num-workers", "0", "--cfg-options",
+                               *SMALL, f"test_dataloader.dataset.data_root={data['roots']['folder']}")
+    assert rc == 0, err
+    got = rows.read_rows(out)
+    assert [r["index"] for r in got] == list(range(7))
+    scores = _own_scores(data["ckpt"], [r["path"] for r in got])
+    top = scores.topk(5, dim=1)
+    names = cspnet.data.classes.imagenet_classes()
+    for r, idx, val in zip(got, top.indices.tolist(), top.values.tolist()):
+        assert r["topk_labels"] == idx and r["topk_scores"] == pytest.approx(val, abs=1e-5)
+        assert r["pred_label"] == idx[0] and r["topk_classes"] == [names[i] for i in idx]
+        assert r["label"] == cspnet.data.classes.imagenet_synsets().index(Path(r["path"]).parent.name)
+    meta = rows.read_meta(out)
+    assert meta["classes"] == list(names) and round(meta["metrics"]["accuracy/top1"], 4) == data["expected"][0]
+    assert printed(stdout) == data["expected"]
+
+
+def test_out_pkl_is_mmpretrains_dump_and_metrics_items(data, capsys, tmp_path):
+    import pickle
+
+    base = [R50, data["ckpt"], "--num-workers", "0", "--tta", "--cfg-options", *SMALL,
+            f"test_dataloader.dataset.data_root={data['roots']['meta']}"]
+    rc, _, err = run_test(capsys, *base, "--out", str(tmp_path / "res.pkl"))
+    assert rc == 0, err
+    samples = pickle.loads((tmp_path / "res.pkl").read_bytes())
+    scores = _own_scores(data["ckpt"], [s["img_path"] for s in samples])
+    flipped = scores_of(cspnet.get_model("cspresnet50", pretrained=data["ckpt"]),
+                        [Path(s["img_path"]) for s in samples], EvalPreset(64, 56), flip=True)
+    assert [s["sample_idx"] for s in samples] == list(range(7))
+    for s, want, label in zip(samples, flipped, data["labels"]):
+        assert set(s) == {"pred_score", "pred_label", "gt_label", "img_path", "sample_idx", "num_classes"}
+        assert s["pred_score"].shape == (1000,) and torch.allclose(s["pred_score"], want, atol=1e-5)
+        # the label of the averaged scores (mmpretrain's TTA keeps the flipped view's)
+        assert s["pred_label"].tolist() == [int(want.argmax())] and s["gt_label"].tolist() == [label]
+    assert not torch.equal(scores, flipped)
+    for name in ("m.pkl", "m.json"):
+        rc, out, err = run_test(capsys, *base, "--out", str(tmp_path / name), "--out-item", "metrics")
+        assert rc == 0, err
+        got = (pickle.loads if name.endswith("pkl") else json.loads)((tmp_path / name).read_bytes())
+        assert got == {"accuracy/top1": pytest.approx(printed(out)[0], abs=1e-4),
+                       "accuracy/top5": pytest.approx(printed(out)[1], abs=1e-4)}
+
+
+@pytest.mark.slow
+def test_a_killed_run_keeps_its_rows_valid_line_by_line(data, tmp_path):
+    copies = tmp_path / "copies"
+    copies.mkdir()
+    images = [Path(shutil.copy(p, copies / f"{k}_{p.name}")) for k in range(10) for p in data["images"]]
+    root = write_layout(tmp_path / "many", "folder", images, data["labels"] * 10)
+    n = len(images)
+    out = tmp_path / "res.jsonl"
+    proc = subprocess.Popen([sys.executable, "-m", "cspnet", "test", R50, data["ckpt"], "--out", str(out),
+                             "--batch-size", "1", "--num-workers", "0", "--cfg-options", *SMALL,
+                             f"test_dataloader.dataset.data_root={root}"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and (not out.exists() or out.read_bytes().count(b"\n") < 2):
+            time.sleep(0.01)
+        proc.kill()
+    finally:
+        proc.wait(30)
+    lines = out.read_text().splitlines(keepends=True)
+    whole = [json.loads(line) for line in lines if line.endswith("\n")]
+    assert 2 <= len(whole) < n, proc.stderr.read().decode()[-2000:]
+    assert [r["index"] for r in rows.read_rows(out)] == [r["index"] for r in whole] == list(range(len(whole)))
+    scores = _own_scores(data["ckpt"], [r["path"] for r in whole])
+    assert [r["topk_labels"] for r in whole] == scores.topk(5, dim=1).indices.tolist()

@@ -153,7 +153,7 @@ def test_inference_model_folds_once_until_the_weights_change(monkeypatch, tiny_c
 
     folds = []
     real = inference.optimize_for_inference
-    monkeypatch.setattr(inference, "optimize_for_inference", lambda m: folds.append(1) or real(m))
+    monkeypatch.setattr(inference, "optimize_for_inference", lambda m, **k: folds.append(1) or real(m, **k))
     m, image = tiny_classifier(), DEMO / "dog.jpg"
     first = cspnet.inference_model(m, image)["pred_scores"]
     assert np.array_equal(cspnet.inference_model(m, image)["pred_scores"], first) and len(folds) == 1

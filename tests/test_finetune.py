@@ -372,3 +372,10 @@ def test_test_evaluates_as_timm_with_crop_pct(ema_run, pets, capsys):
         with pytest.raises(SystemExit):
             cli(["test", str(cfg), str(run / "best.pth"), "--crop-pct", bad])
     assert "expected a fraction in (0, 1]" in capsys.readouterr().err
+    # --crop-size: timm's input size (its CSPResNeXt-50 crops 256 where mmpretrain's config crops 224)
+    assert cli(["test", str(cfg), str(run / "best.pth"), "--num-workers", "0", "--crop-pct", "0.5",
+                "--crop-size", "36", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert (summary["eval"]["resize"], summary["eval"]["crop"]) == (72, 36)
+    assert cli(["test", str(cfg), str(run / "best.pth"), "--crop-size", "36"]) == 2
+    assert "give --crop-pct too" in capsys.readouterr().err

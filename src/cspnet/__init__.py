@@ -14,6 +14,7 @@ _EXPORTS = {
     "list_models": "weights.records", "convert_state_dict": "weights.convert", "load_weights": "weights.loading:load",
     "get_transform": "zoo", "analyze": "analysis", "export_model": "export", "fuse_bn": "optimize",
     "optimize_for_inference": "optimize", "get_model": "inference", "inference_model": "inference",
+    "predict_files": "inference",
 }
 __all__ = [*_EXPORTS, "__version__"]
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

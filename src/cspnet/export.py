@@ -35,6 +35,7 @@ from .zoo import get_transform
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "exported-program": ".pt2"}
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 METADATA_KEYS = ("model", "classes", "preprocessing", "spec")
+OPTIONAL_KEYS = ("quantization",)  # an int8 file's settings and calibration (cspnet.quantize)
 
 
 def _newest_opset() -> int:
@@ -270,18 +271,19 @@ def export_model(model: ImageClassifier, path: str | os.PathLike, format: str = 
 
 
 def read_metadata(path: str | os.PathLike) -> dict:
-    """The ``model``, ``classes`` and ``preprocessing`` entries of an exported file, parsed from JSON."""
+    """The ``model``, ``classes``, ``preprocessing`` and ``spec`` entries of an exported file (and ``quantization``,
+    an int8 file's), parsed from JSON."""
     path = Path(path)
     if not path.is_file():
         raise InvalidOptionError(f"exported model {str(path)!r} does not exist")
     if zipfile.is_zipfile(path):  # TorchScript and .pt2 archives keep extra files at <archive>/extra/<name>
         with zipfile.ZipFile(path) as z:
             extra = {n.rsplit("/", 1)[-1]: n for n in z.namelist() if n.rsplit("/", 2)[-2:-1] == ["extra"]}
-            raw = {k: z.read(extra[k]).decode() for k in METADATA_KEYS if k in extra}
+            raw = {k: z.read(extra[k]).decode() for k in METADATA_KEYS + OPTIONAL_KEYS if k in extra}
     else:
         onnx = _require("onnx", "reading ONNX metadata")
         proto = onnx.load(str(path), load_external_data=False)
-        raw = {p.key: p.value for p in proto.metadata_props if p.key in METADATA_KEYS}
+        raw = {p.key: p.value for p in proto.metadata_props if p.key in METADATA_KEYS + OPTIONAL_KEYS}
     if not raw:
         raise InvalidOptionError(f"{str(path)!r} has no cspnet metadata; was it written by `cspnet export`?")
     return {k: json.loads(v) for k, v in raw.items()}

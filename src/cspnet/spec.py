@@ -73,17 +73,25 @@ class ModelSpec:
     def replace(self, **changes) -> "ModelSpec":
         return dataclasses.replace(self, **changes)
 
-    def build(self, features_only: bool = False) -> ImageClassifier | CSPNet:
-        """The module (freshly initialised): a classifier, or with ``features_only`` the backbone alone, whose
-        ``forward`` returns every stage's map unless ``backbone.out_indices`` says otherwise."""
+    def build(self, features_only: bool = False, *, init: bool = True) -> ImageClassifier | CSPNet:
+        """The module: a classifier, or with ``features_only`` the backbone alone, whose ``forward`` returns every
+        stage's map unless ``backbone.out_indices`` says otherwise. ``init=False``: its tensors on the meta device
+        (no memory, no random init), for weights that replace them all: :func:`cspnet.weights.load_state` assigns
+        a file's tensors and initialises what they leave out (a new head)."""
+        import contextlib
+
+        import torch
+
         from .data.transforms import EvalTransform
         from .models import CSPNet, ImageClassifier, get_arch
         options = self.backbone.kwargs()
-        if features_only:
-            options.setdefault("out_indices", tuple(range(get_arch(self.arch).num_stages)))
-            model: ImageClassifier | CSPNet = CSPNet(self.arch, **options)
-        else:
-            model = ImageClassifier(self.arch, self.num_classes, self.drop_rate, **options)
+        with contextlib.nullcontext() if init else torch.device("meta"):
+            if features_only:
+                options.setdefault("out_indices", tuple(range(get_arch(self.arch).num_stages)))
+                model: ImageClassifier | CSPNet = CSPNet(self.arch, **options)
+            else:
+                model = ImageClassifier(self.arch, self.num_classes, self.drop_rate, **options)
+        if not features_only:
             model.classes = list(self.classes) if self.classes is not None else None
             model.transform = EvalTransform(self.eval)
         model.name = self.name

@@ -99,7 +99,7 @@ def get_model(name: str | ModelSpec | None, pretrained: weights.Pretrained = Fal
                               f"builds {spec.num_classes} classes: give the model the file's head (a config: "
                               f"model.head.num_classes={found.num_classes}, or leave it unset), or num_classes="
                               f"{spec.num_classes} (--num-classes) to replace the head on purpose")
-    model = spec.build(features_only)
+    model = spec.build(features_only, init=found is None)  # weights to load: no random init for them to overwrite
     if found is not None:
         if not features_only and found.num_classes not in (None, spec.num_classes):
             # a warning, so the command line shows it: the new head is untrained, its predictions mean nothing

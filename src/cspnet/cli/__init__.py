@@ -14,7 +14,8 @@ from .._version import __version__
 from ..errors import CSPNetError
 
 COMMANDS = {"predict": "predict", "list": "listing", "convert": "convert", "download": "download",  # -> module
-            "export": "export", "analyze": "analyze", "cam": "cam", "test": "test", "train": "train", "plot": "plot"}
+            "export": "export", "analyze": "analyze", "cam": "cam", "test": "test", "train": "train", "plot": "plot",
+            "report": "report", "serve": "serve"}
 
 
 def at_least(least: int):
@@ -42,6 +43,15 @@ def add_model_arguments(p: argparse.ArgumentParser, positional: bool = False) ->
                    help="confirm the weights' head width, or replace their head by a new, untrained N-class one "
                         "(to fine-tune elsewhere: say so, as its predictions mean nothing yet)")
     add_source_arguments(p)
+
+
+def add_dtype_argument(p: argparse.ArgumentParser) -> None:
+    """``--dtype``: the numerics of the fast inference copy (predict, test, serve)."""
+    p.add_argument("--dtype", choices=("fp32", "bf16", "int8"), default=None,
+                   help="fp32 (default); bf16: bf16 weights and activations (on a CPU only with AMX or AVX512-BF16, "
+                        "refused where it would be emulated; any CUDA GPU); int8: the file `cspnet export --dtype "
+                        "int8 --calib IMAGES` writes, given as the weights (CPU; an int8 .onnx runs as int8 without "
+                        "--dtype too)")
 
 
 def add_source_arguments(p: argparse.ArgumentParser, training: bool = False) -> None:

@@ -21,7 +21,7 @@ from typing import Any, Callable, Mapping
 
 from .._io import atomic_write
 from ..data.classes import imagenet_classes
-from ..data.datasets import DataSpec
+from ..data.datasets import IMAGENET_KINDS, DataSpec
 from ..data.mixing import BatchMix, RandomErasing
 from ..data.presets import IMAGENET_MEAN, IMAGENET_STD, INTERPOLATIONS, MAX_SIDE, EvalPreset
 from ..data.randaugment import RandAugment, from_mmpretrain, parse_timm
@@ -241,7 +241,7 @@ def model_spec(cfg: Mapping, pipeline: str = "test", classes_from: str | None = 
 def _classes(cfg: Mapping, which: str) -> tuple[str, ...] | None:
     """Class names the config states: the dataset's ``classes`` (not a file), or ImageNet's."""
     data = data_spec(cfg, which)
-    if data.kind == "ImageNet":
+    if data.kind in IMAGENET_KINDS:
         return imagenet_classes()
     return data.classes if isinstance(data.classes, tuple) else None
 
@@ -442,7 +442,8 @@ class LoaderSpec:
     seed: int | None = setting("sampler.seed", None, _SEED)
 
 
-_DATASET = {**_type("ImageNet", "CustomDataset", why="ImageNet, or your own classes"), "data_root": ANY,
+_DATASET = {**_type(*IMAGENET_KINDS, "CustomDataset", why="ImageNet, its robustness test sets, or your own classes"),
+            "data_root": ANY,
             "split": ANY, "data_prefix": ANY, "ann_file": ANY, "pipeline": _PIPELINE, "classes": ANY,
             "metainfo": {"classes": ANY}, "indices": ANY,
             "with_label": Fixed((True,), "classification datasets are labelled")}

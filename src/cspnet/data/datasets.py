@@ -18,12 +18,19 @@ names it (an error, or a skipped image with ``--skip-bad``) instead of the count
 
 Label files are read as people write them: UTF-8 with or without a byte-order mark, or UTF-16 with one; LF, CRLF or
 CR line ends; spaces or tabs around the label. A path listed twice is refused, naming both lines: it would count
-twice in the metrics."""
+twice in the metrics.
+
+The robustness test sets (:data:`ROBUSTNESS_SETS`, README "Robustness test sets") are read from the layouts their
+publishers ship, with no conversion: :func:`real_dataset` (the ILSVRC2012 val images as above, plus ReaL's
+``real.json``), and :func:`class_folder_dataset` for ImageNetV2 (folders ``0`` .. ``999``, the class index),
+ImageNet-R and ImageNet-A (200 WordNet-id folders each) and ImageNet-Sketch (1000 WordNet-id folders). Every label is
+an ImageNet-1k index, so a 1000-class model is evaluated on them as it is."""
 
 from __future__ import annotations
 
 import codecs
 import csv
+import json
 import logging
 import os
 import re
@@ -46,6 +53,16 @@ _VAL_NUMBER = re.compile(r"ILSVRC2012_val_(\d{8})")
 # Kaggle's (``ImageId,PredictionString`` rows, the string starting with the synset), TensorFlow's (line i: a synset).
 VAL_LABEL_FILES = ("ILSVRC2012_validation_ground_truth.txt", "LOC_val_solution.csv",
                    "imagenet_2012_validation_synset_labels.txt")
+# The robustness test sets: the dataset type a config names (``test_dataloader.dataset.type``) -> the set's name.
+# Neither mmpretrain nor timm registers dataset types for them (timm names its results files imagenet-real,
+# imagenetv2-matched-frequency, imagenet-r, imagenet-a and sketch), so the names follow the ImageNet type's spelling.
+ROBUSTNESS_SETS = {"ImageNetReaL": "ImageNet ReaL", "ImageNetV2": "ImageNetV2", "ImageNetR": "ImageNet-R",
+                   "ImageNetA": "ImageNet-A", "ImageNetSketch": "ImageNet-Sketch"}
+IMAGENET_KINDS = ("ImageNet", *ROBUSTNESS_SETS)  # the dataset types labelled by the 1000 ImageNet-1k classes
+REAL_JSON = "real.json"  # google-research/reassessed-imagenet's file: entry i labels ILSVRC2012_val_{i+1:08d}
+REAL_IMAGES = 50_000
+# real.json is 0.4 MB; a file this much larger is not it, and json.loads would hold all of it in memory
+REAL_JSON_MAX_BYTES = 16 * 2**20
 
 
 def ilsvrc2012_id_synsets() -> tuple[str, ...]:
@@ -53,10 +70,33 @@ def ilsvrc2012_id_synsets() -> tuple[str, ...]:
     return _read("ilsvrc2012_id_synsets.txt")
 
 
+def imagenet_r_synsets() -> tuple[str, ...]:
+    """ImageNet-R's 200 WordNet ids, in ImageNet-1k index order (hendrycks/imagenet-r ``eval.py``'s
+    ``imagenet_r_wnids``; indices 1, 2, 4, 6, ...)."""
+    return _read(_SUBSET_TABLES["ImageNetR"])
+
+
+def imagenet_a_synsets() -> tuple[str, ...]:
+    """ImageNet-A's 200 WordNet ids, in ImageNet-1k index order (hendrycks/natural-adv-examples ``eval.py``'s
+    ``indices_in_1k``; indices 6, 11, 13, 15, ...)."""
+    return _read(_SUBSET_TABLES["ImageNetA"])
+
+
 @dataclass
 class ImageDataset(Dataset):
     """A list of ``(path, label)`` samples with their class names; ``dataset[i]`` -> ``(transform(path), label)``
-    (without a transform, the RGB ``PIL.Image``). ``layout``: where the labels came from; ``source``: what was read."""
+    (without a transform, the RGB ``PIL.Image``). ``layout``: where the labels came from; ``source``: what was read;
+    ``name``: the test set it is, when it is one of :data:`ROBUSTNESS_SETS` (else ``''``).
+
+    Two attributes tell the evaluator how a robustness set is scored (both None for any other dataset):
+
+    - ``label_sets``: ``label_sets[i]``, the ImageNet indices counted correct for sample ``i`` (ImageNet ReaL: sorted,
+      possibly empty). A sample is correct at k when one of its k best predictions is in its set; a sample with an
+      empty set is left out of the metrics, as the ReaL paper does. ``samples[i][1]`` stays the original label.
+    - ``class_subset``: the sorted ImageNet indices the predictions are restricted to (ImageNet-R/-A: those of the
+      class folders present, the publisher's whole 200 when all are there): top-k over those logits only, as the
+      sets' authors evaluate. Labels stay ImageNet indices, each one of ``class_subset``.
+    """
 
     samples: list[tuple[str, int]]
     classes: Sequence[str]
@@ -64,6 +104,9 @@ class ImageDataset(Dataset):
     layout: str
     source: str
     transform: Callable[[str], Any] | None = None
+    label_sets: list[tuple[int, ...]] | None = None
+    class_subset: tuple[int, ...] | None = None
+    name: str = ""
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -77,7 +120,20 @@ class ImageDataset(Dataset):
         return len(self.classes)
 
     def describe(self) -> str:
-        return f"{len(self)} images, {self.num_classes} classes, {self.source} ({self.layout})"
+        text = f"{len(self)} images, {self.num_classes} classes, {self.source} ({self.layout})"
+        if self.label_sets is not None:
+            empty = sum(not s for s in self.label_sets)
+            text += (f"; correct when a prediction is in the image's ReaL label set, {empty} image(s) without one "
+                     f"left out")
+        if self.class_subset is not None:
+            text += f"; top-k over its {len(self.class_subset)} classes only"
+        return f"{self.name}: {text}" if self.name else text
+
+    def select(self, indices: Sequence[int]) -> "ImageDataset":
+        """The samples at ``indices``, in that order, with their label sets."""
+        sets = self.label_sets
+        return replace(self, samples=[self.samples[i] for i in indices],
+                       label_sets=None if sets is None else [sets[i] for i in indices])
 
 
 def is_image_file(name: str) -> bool:
@@ -336,6 +392,142 @@ def imagenet_dataset(root: str | os.PathLike = "data/imagenet", split: str = "va
                        f"  - {image_dir}: {found}")
 
 
+def read_real_labels(path: str | os.PathLike) -> list[tuple[int, ...]]:
+    """ReaL's ``real.json`` (google-research/reassessed-imagenet): a JSON list of 50,000 lists of ImageNet indices,
+    entry ``i`` for ``ILSVRC2012_val_{i+1:08d}``; each returned sorted, duplicates dropped (some are empty).
+
+    Raises:
+        DatasetError: naming the file, for anything else (not JSON, another length, an entry that is not a list of
+            indices 0..999), or a file far larger than real.json.
+    """
+    path = Path(path)
+    fix = (f"use ReaL's own {REAL_JSON} (https://github.com/google-research/reassessed-imagenet), "
+           f"{REAL_IMAGES} lists of ImageNet indices")
+    try:
+        with open_regular_file(path, "ReaL label file", DatasetError) as f:
+            raw = f.read(REAL_JSON_MAX_BYTES + 1)
+    except OSError as e:
+        raise DatasetError(f"cannot read ReaL label file {str(path)!r}: {e.strerror or e}") from None
+    if len(raw) > REAL_JSON_MAX_BYTES:
+        raise DatasetError(f"ReaL label file {str(path)!r} is over {REAL_JSON_MAX_BYTES:,} bytes ({REAL_JSON} is "
+                           f"0.4 MB), so it is not ReaL's labels; {fix}")
+    try:
+        data = json.loads(raw.decode("utf-8-sig"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DatasetError(f"ReaL label file {str(path)!r} is not JSON ({e}); {fix}") from None
+    if not isinstance(data, list) or len(data) != REAL_IMAGES:
+        what = f"a list of {len(data)}" if isinstance(data, list) else f"a JSON {type(data).__name__}"
+        raise DatasetError(f"ReaL label file {str(path)!r} holds {what}, not one entry per ILSVRC2012 val image "
+                           f"({REAL_IMAGES}); {fix}")
+    sets = []
+    for i, entry in enumerate(data):
+        if not isinstance(entry, list) or not all(_is_index(y) for y in entry):
+            raise DatasetError(f"ReaL label file {str(path)!r} entry {i} (ILSVRC2012_val_{i + 1:08d}) is "
+                               f"{json.dumps(entry)[:60]}, not a list of ImageNet indices 0..999; {fix}")
+        sets.append(tuple(sorted(set(entry))))
+    return sets
+
+
+def _is_index(y: Any) -> bool:
+    return isinstance(y, int) and not isinstance(y, bool) and 0 <= y < 1000
+
+
+def real_dataset(root: str | os.PathLike = "data/imagenet", split: str = "val",
+                 transform: Callable[[str], Any] | None = None, ann_file: str | os.PathLike | None = None,
+                 data_prefix: str | None = None) -> ImageDataset:
+    """ImageNet ReaL: the ILSVRC2012 val images as :func:`imagenet_dataset` finds them (any of its layouts; their
+    own labels stay the samples' labels), with ``label_sets`` from ReaL's ``real.json``: ``ann_file`` (relative to
+    ``root`` unless it exists as given), else ``real.json`` beside the images (``root/{data_prefix or split}``) or
+    in ``root``. Images are matched by the number in their official names, so a subset works.
+
+    Raises:
+        DatasetError: as :func:`imagenet_dataset`; for a missing or malformed ``real.json``
+            (:func:`read_real_labels`); for an image not named ``ILSVRC2012_val_NNNNNNNN.*`` (1..50000), or two
+            files of one number.
+    """
+    base = imagenet_dataset(root, split, transform, None, data_prefix)
+    root = Path(root)
+    image_dir = root / (data_prefix or split)
+    tried = [_resolve(root, ann_file)] if ann_file else [image_dir / REAL_JSON, root / REAL_JSON]
+    found = next((c for c in tried if os.path.lexists(c)), None)
+    if found is None:
+        raise DatasetError(f"no ReaL labels: {' or '.join(repr(str(c)) for c in tried)} does not exist. Download "
+                           f"{REAL_JSON} from https://github.com/google-research/reassessed-imagenet into "
+                           f"{str(image_dir)!r} (beside the val images), or give its path as ann_file= (config: "
+                           "test_dataloader.dataset.ann_file)")
+    sets = read_real_labels(found)
+    label_sets: list[tuple[int, ...]] = []
+    path_of: dict[int, str] = {}
+    for path, _ in base.samples:
+        m = _VAL_NUMBER.search(os.path.basename(path))
+        number = int(m.group(1)) if m else 0
+        if not 1 <= number <= REAL_IMAGES:
+            raise DatasetError(f"{path!r} is not an ILSVRC2012 val image name (ILSVRC2012_val_00000001 .. "
+                               f"_{REAL_IMAGES:08d}): {str(found)!r} labels the images by that number; keep the "
+                               "official file names")
+        if number in path_of:
+            raise DatasetError(f"{path_of[number]!r} and {path!r} are both ILSVRC2012 val image {number}: it would "
+                               "count twice; keep one")
+        path_of[number] = path
+        label_sets.append(sets[number - 1])
+    return replace(base, label_sets=label_sets, name=ROBUSTNESS_SETS["ImageNetReaL"],
+                   layout=f"{base.layout} + ReaL label sets", source=f"{base.source} + {found}")
+
+
+# The WordNet ids of the two 200-class sets, in ImageNet index order. ImageNetV2's tarballs unpack to
+# <variant>-format-val/<0..999>/<hash>.jpeg; ImageNet-R's to imagenet-r/<wnid>/*.jpg, -A's to imagenet-a/<wnid>/*.jpg
+# (each 200 wnids, a different 200); ImageNet-Sketch's to sketch/<wnid>/*.JPEG (all 1000).
+_SUBSET_TABLES = {"ImageNetR": "imagenet_r_synsets.txt", "ImageNetA": "imagenet_a_synsets.txt"}
+
+
+def _class_folders(kind: str) -> tuple[dict[str, int], str]:
+    """``(folder name -> ImageNet index, what a folder must be)`` of a class-folder set."""
+    index = {s: i for i, s in enumerate(imagenet_synsets())}
+    if kind == "ImageNetV2":
+        return {str(i): i for i in range(1000)}, ("an ImageNetV2 class folder: its folders are named by ImageNet "
+                                                  "class index, 0 to 999, as its tarballs unpack")
+    if kind in _SUBSET_TABLES:
+        other = next(k for k in _SUBSET_TABLES if k != kind)
+        return {s: index[s] for s in _read(_SUBSET_TABLES[kind])}, (
+            f"one of {ROBUSTNESS_SETS[kind]}'s 200 class folders (the WordNet ids of cspnet/data/"
+            f"{_SUBSET_TABLES[kind]}; {ROBUSTNESS_SETS[other]} has another 200: type='{other}')")
+    return index, "an ImageNet-1k class folder (a WordNet id such as n01440764)"
+
+
+def class_folder_dataset(kind: str, root: str | os.PathLike, data_prefix: str | None = None,
+                         transform: Callable[[str], Any] | None = None) -> ImageDataset:
+    """ImageNetV2, ImageNet-R, ImageNet-A or ImageNet-Sketch (``kind``, a key of :data:`ROBUSTNESS_SETS`) as their
+    publishers ship them: ``root/[data_prefix]/<class folder>/<images>``, labelled with ImageNet indices; R and A
+    also get their ``class_subset`` (the sorted indices of the folders present).
+
+    Raises:
+        DatasetError: for a missing folder, images outside the class folders, a folder that is not one of the
+            set's classes (a wnid not in ImageNet, not in R's or A's 200, a V2 folder ``1000``), or no images.
+    """
+    name = ROBUSTNESS_SETS[kind]
+    image_dir = Path(root) / data_prefix if data_prefix else Path(root)
+    class_index, expected = _class_folders(kind)
+    where = (f"{name} is read as published: data_root (and data_prefix or split, a folder below it) is the folder "
+             f"holding its class folders")
+    if not image_dir.is_dir():
+        raise DatasetError(f"{name} folder {str(image_dir)!r} does not exist (relative paths are from "
+                           f"{os.getcwd()!r}); {where}; see the README section 'Robustness test sets'")
+    folders, flat = _subfolders(image_dir), _flat_images(image_dir, regular_only=False)
+    if flat or not folders:
+        found = f"holds {len(flat)} image(s) directly ({flat[0]}, ...)" if flat else "holds no class folders"
+        raise DatasetError(f"{str(image_dir)!r} {found}: {where}, each {expected}")
+    samples = _folder_samples(image_dir, folders, class_index, expected)
+    subset = None
+    if kind in _SUBSET_TABLES:
+        subset = tuple(sorted(class_index[f] for f in folders))
+        if len(subset) < len(class_index):
+            log.warning("%s holds %d of %s's %d class folders: top-k is over those %d classes, so the figures are "
+                        "not comparable with the full set's", image_dir, len(subset), name, len(class_index),
+                        len(subset))
+    return ImageDataset(samples, list(imagenet_classes()), str(root), f"{name}, folder per class", str(image_dir),
+                        transform, class_subset=subset, name=name)
+
+
 def _read_classes(classes: Sequence[str] | str | os.PathLike, root: Path) -> list[str]:
     if isinstance(classes, (str, os.PathLike)):
         path = _resolve(root, classes)
@@ -387,8 +579,10 @@ def custom_dataset(root: str | os.PathLike, data_prefix: str | None = None, ann_
 @dataclass(frozen=True)
 class DataSpec:
     """A dataset on disk, as a config's ``dataset=dict(...)`` describes it (:func:`cspnet.config.data_spec`):
-    ``kind`` 'ImageNet' (:func:`imagenet_dataset`) or 'CustomDataset' (:func:`custom_dataset`) and their arguments;
-    ``indices`` (mmengine's): the first N samples, or those indices."""
+    ``kind`` 'ImageNet' (:func:`imagenet_dataset`), 'CustomDataset' (:func:`custom_dataset`), 'ImageNetReaL'
+    (:func:`real_dataset`; ``ann_file``: its ``real.json``) or 'ImageNetV2', 'ImageNetR', 'ImageNetA',
+    'ImageNetSketch' (:func:`class_folder_dataset`, the class folders in ``root/[data_prefix or split]``), and
+    their arguments; ``indices`` (mmengine's): the first N samples, or those indices."""
 
     kind: str = "ImageNet"
     root: str = "data/imagenet"
@@ -408,23 +602,31 @@ class DataSpec:
             image_dir = root / (self.data_prefix or self.split) if self.data_prefix or self.split else root
             if image_dir.is_dir() and _subfolders(image_dir):
                 return _subfolders(image_dir)
-        if self.kind == "ImageNet":
+        if self.kind in IMAGENET_KINDS:
             return list(imagenet_classes())
         return list(self.build().classes)  # an annotation file (or a folder that build() explains is wrong)
 
     def build(self, transform: Callable[[str], Any] | None = None) -> ImageDataset:
+        if self.kind in IMAGENET_KINDS and self.classes is not None:
+            raise DatasetError(f"type={self.kind!r} has the 1000 ImageNet classes; for your own use "
+                               "type='CustomDataset'")
         if self.kind == "ImageNet":
-            if self.classes is not None:
-                raise DatasetError("type='ImageNet' has the 1000 ImageNet classes; for your own use "
-                                   "type='CustomDataset'")
             ds = imagenet_dataset(self.root, self.split or "val", transform, self.ann_file, self.data_prefix)
+        elif self.kind == "ImageNetReaL":
+            ds = real_dataset(self.root, self.split or "val", transform, self.ann_file, self.data_prefix)
+        elif self.kind in ROBUSTNESS_SETS:
+            if self.ann_file:  # accepted by the schema for the other types; here it would be silently unused
+                raise DatasetError(f"type={self.kind!r} reads its class folders as published and takes no ann_file "
+                                   f"({self.ann_file!r}): remove it, or use type='ImageNet' for an annotation file")
+            ds = class_folder_dataset(self.kind, self.root, self.data_prefix or self.split, transform)
         elif self.kind == "CustomDataset":
             ds = custom_dataset(self.root, self.data_prefix or self.split, self.ann_file, self.classes, transform)
         else:
-            raise DatasetError(f"dataset type {self.kind!r} is not supported; use 'ImageNet' or 'CustomDataset'")
+            raise DatasetError(f"dataset type {self.kind!r} is not supported; use one of "
+                               f"{', '.join(map(repr, IMAGENET_KINDS))} or 'CustomDataset'")
         if self.indices is None:
             return ds
         picked = range(min(self.indices, len(ds))) if isinstance(self.indices, int) else self.indices
         if any(not isinstance(i, int) or not 0 <= i < len(ds) for i in picked):
             raise DatasetError(f"indices={self.indices!r:.80}: {ds.source} holds {len(ds)} images (0..{len(ds) - 1})")
-        return replace(ds, samples=[ds.samples[i] for i in picked])
+        return ds.select(picked)

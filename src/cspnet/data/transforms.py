@@ -138,11 +138,24 @@ def load_image(image: ImageLike) -> Image.Image:
     if not isinstance(image, (str, os.PathLike)):
         raise ImageError(f"expected a path, PIL.Image or uint8 array, got {type(image).__name__}")
     name = os.fsdecode(image)  # as given: Path() would fold a URL's '//' (and the user knows the name they typed)
-    file = open_regular_file(name)
+    return _decode(open_regular_file(name), name)
+
+
+def decode_image(data: bytes, name: str, max_pixels: int | None = None) -> Image.Image:
+    """:func:`load_image` for an encoded image in memory (an upload): the same checks and messages, naming it
+    ``name``. ``max_pixels``: refuse, before decoding, an image declaring more pixels (a limit below Pillow's
+    ``Image.MAX_IMAGE_PIXELS``, which applies in any case)."""
+    return _decode(io.BytesIO(data), name, max_pixels)
+
+
+def _decode(file: BinaryIO, name: str, max_pixels: int | None = None) -> Image.Image:
     try:
         with file, warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(file) as img:
+                if max_pixels is not None and img.width * img.height > max_pixels:  # the header only, so far
+                    raise Image.DecompressionBombError(f"{img.width} x {img.height} pixels, over the limit of "
+                                                       f"{max_pixels}")
                 img.load()  # decode now, inside the try, so truncated data raises here and not later
                 return _to_rgb(ImageOps.exif_transpose(img) or img)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:

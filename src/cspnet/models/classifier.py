@@ -19,7 +19,7 @@ class ClassifierHead(nn.Module):
         self.num_classes = num_classes
         self.drop = nn.Dropout(drop_rate)
         self.fc = nn.Linear(in_chs, num_classes) if num_classes > 0 else nn.Identity()
-        if num_classes > 0:  # timm and mmpretrain both init the classifier with N(0, 0.01)
+        if num_classes > 0 and not self.fc.weight.is_meta:  # timm and mmpretrain both init it with N(0, 0.01)
             nn.init.normal_(self.fc.weight, std=0.01)
             nn.init.zeros_(self.fc.bias)
 

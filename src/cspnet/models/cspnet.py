@@ -291,6 +291,8 @@ class CSPNet(nn.Module):
     # Init matters only when training from scratch. Kaiming-normal fan_out (He et al. 2015) as timm; zeroing the
     # last BN of each residual block makes every block start as identity (Goyal et al., arXiv 1706.02677).
     def _init_weights(self, zero_init_last: bool) -> None:
+        if self.stem.conv1.conv.weight.is_meta:  # built for weights that replace every value (ModelSpec.build(
+            return  # init=False)); and normal_ on the meta device imports torch._dynamo, seconds of a cold start
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="leaky_relu", a=LEAKY_SLOPE)

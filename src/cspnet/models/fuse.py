@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import functools
+from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -51,6 +52,26 @@ def _compiling() -> bool:
     return bool(compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling())
 
 
+@torch.no_grad()
+def _folded_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d, memory_format: torch.memory_format) -> nn.Conv2d:
+    """A new conv computing ``bn(conv(x))`` of eval mode, ``(N, C_in, H, W) -> (N, C_out, H', W')``. The arithmetic
+    is torch.nn.utils.fusion.fuse_conv_bn_weights's, op for op (the same bits), without fuse_conv_bn_eval's deep copy
+    of the conv and its random init, and with the weight written once, straight into ``memory_format``."""
+    w = conv.weight
+    b = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+    gamma = bn.weight if bn.weight is not None else torch.ones_like(bn.running_mean)
+    beta = bn.bias if bn.bias is not None else torch.zeros_like(bn.running_mean)
+    var_rsqrt = torch.rsqrt(bn.running_var + bn.eps)
+    scale = (gamma * var_rsqrt).reshape(-1, 1, 1, 1)
+    weight = torch.mul(w, scale, out=torch.empty_like(w, memory_format=memory_format))
+    bias = ((b - bn.running_mean) * var_rsqrt * gamma + beta).to(w.dtype if conv.bias is None else conv.bias.dtype)
+    # built on the meta device: no memory and no random init for tensors replaced on the next line
+    fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+                      conv.groups, True, conv.padding_mode, device="meta")
+    fused.weight, fused.bias = nn.Parameter(weight, False), nn.Parameter(bias, False)
+    return fused
+
+
 class FusedConvAct(nn.Module):
     """A :class:`~cspnet.models.cspnet.ConvNormAct` with its BatchNorm folded: conv (with bias) -> act.
     ``forward(x, residual=None)``: ``(N, C_in, H, W) -> (N, C_out, H', W')``; with ``residual`` (same shape as the
@@ -63,10 +84,11 @@ class FusedConvAct(nn.Module):
         self.training = False
 
     @classmethod
-    def from_conv_norm_act(cls, m: ConvNormAct, act: bool | None = None) -> "FusedConvAct":
-        """Fold ``m.bn`` (its running statistics) into a new conv; ``act`` overrides whether LeakyReLU follows."""
-        conv = torch.nn.utils.fusion.fuse_conv_bn_eval(m.conv.eval(), m.bn.eval()).requires_grad_(False)
-        return cls(conv, isinstance(m.act, nn.LeakyReLU) if act is None else act)
+    def from_conv_norm_act(cls, m: ConvNormAct, act: bool | None = None,
+                           memory_format: torch.memory_format = torch.preserve_format) -> "FusedConvAct":
+        """Fold ``m.bn`` (its running statistics) into a new conv, its weight in ``memory_format``; ``act``
+        overrides whether LeakyReLU follows. ``m`` is not changed."""
+        return cls(_folded_conv(m.conv, m.bn, memory_format), isinstance(m.act, nn.LeakyReLU) if act is None else act)
 
     def train(self, mode: bool = True) -> "FusedConvAct":
         if mode:
@@ -98,10 +120,10 @@ class FusedConvAct(nn.Module):
 class FusedDarkBlock(nn.Module):
     """:class:`~cspnet.models.cspnet.DarkBlock` folded: 1x1 (act) -> 3x3 (act) -> + x. ``(N, C, H, W)`` -> same."""
 
-    def __init__(self, block: DarkBlock):
+    def __init__(self, block: DarkBlock, memory_format: torch.memory_format = torch.preserve_format):
         super().__init__()
-        self.conv1 = FusedConvAct.from_conv_norm_act(block.conv1)
-        self.conv2 = FusedConvAct.from_conv_norm_act(block.conv2)
+        self.conv1 = FusedConvAct.from_conv_norm_act(block.conv1, memory_format=memory_format)
+        self.conv2 = FusedConvAct.from_conv_norm_act(block.conv2, memory_format=memory_format)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.conv2(self.conv1(x))
@@ -113,37 +135,48 @@ class FusedBottleneckBlock(nn.Module):
     """:class:`~cspnet.models.cspnet.BottleneckBlock` folded; ``conv3`` carries the block's final activation
     (``act(conv3(h) + x)``). ``(N, C, H, W)`` -> same."""
 
-    def __init__(self, block: BottleneckBlock):
+    def __init__(self, block: BottleneckBlock, memory_format: torch.memory_format = torch.preserve_format):
         super().__init__()
-        self.conv1 = FusedConvAct.from_conv_norm_act(block.conv1)
-        self.conv2 = FusedConvAct.from_conv_norm_act(block.conv2)
-        self.conv3 = FusedConvAct.from_conv_norm_act(block.conv3, act=True)
+        self.conv1 = FusedConvAct.from_conv_norm_act(block.conv1, memory_format=memory_format)
+        self.conv2 = FusedConvAct.from_conv_norm_act(block.conv2, memory_format=memory_format)
+        self.conv3 = FusedConvAct.from_conv_norm_act(block.conv3, act=True, memory_format=memory_format)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv3(self.conv2(self.conv1(x)), residual=x)
 
 
-def _fold(module: nn.Module) -> None:
+def _foldable(module: nn.Module) -> Iterator[tuple[nn.Module, str, nn.Module]]:
+    """``(parent, name, child)`` for each block or conv-norm-act below ``module`` that folding replaces whole (it does
+    not look inside them)."""
     for name, child in module.named_children():
-        if isinstance(child, DarkBlock):
-            setattr(module, name, FusedDarkBlock(child))
-        elif isinstance(child, BottleneckBlock):
-            setattr(module, name, FusedBottleneckBlock(child))
-        elif isinstance(child, ConvNormAct):
-            setattr(module, name, FusedConvAct.from_conv_norm_act(child))
+        if isinstance(child, (DarkBlock, BottleneckBlock, ConvNormAct)):
+            yield module, name, child
         else:
-            _fold(child)
+            yield from _foldable(child)
 
 
-def fuse_bn(model: nn.Module) -> nn.Module:
+def _fold(m: DarkBlock | BottleneckBlock | ConvNormAct, memory_format: torch.memory_format) -> nn.Module:
+    if isinstance(m, DarkBlock):
+        return FusedDarkBlock(m, memory_format)
+    if isinstance(m, BottleneckBlock):
+        return FusedBottleneckBlock(m, memory_format)
+    return FusedConvAct.from_conv_norm_act(m, memory_format=memory_format)
+
+
+def fuse_bn(model: nn.Module, *, memory_format: torch.memory_format = torch.preserve_format) -> nn.Module:
     """A copy of ``model`` (an ``ImageClassifier``, a ``CSPNet`` backbone or any module built of cspnet blocks) with
     every BatchNorm folded into the convolution before it, in eval mode. ``model`` is not changed. The copy computes the
     same function as ``model.eval()`` up to float rounding, has the same attributes and methods (``forward``,
     ``extract_feat``, ``forward_features``, ...), and is for inference only: no parameter requires grad (gradients with
     respect to the input still flow, e.g. for Grad-CAM) and ``copy.train()`` raises
-    :class:`~cspnet.errors.InvalidOptionError`. Drop-path, an identity in eval mode, is dropped."""
+    :class:`~cspnet.errors.InvalidOptionError`. Drop-path, an identity in eval mode, is dropped. ``memory_format``: of
+    the folded conv weights (``torch.channels_last`` for an NHWC copy, written once instead of converted after)."""
     if not any(isinstance(m, ConvNormAct) for m in model.modules()):
         raise InvalidOptionError(f"fuse_bn: {type(model).__name__} has no cspnet conv/BatchNorm layers to fold")
-    fused = copy.deepcopy(model).eval()
-    _fold(fused)
-    return fused.requires_grad_(False)
+    # What folding replaces is not copied (the memo hands the copy the originals, which the fold reads and never
+    # changes): a deep copy of every weight took longer than the folding itself.
+    memo: dict[int, Any] = {id(child): child for _, _, child in _foldable(model)}
+    fused = copy.deepcopy(model, memo)
+    for parent, name, child in list(_foldable(fused)):
+        setattr(parent, name, _fold(child, memory_format))
+    return fused.eval().requires_grad_(False)  # only now: before, the originals were still in the copy

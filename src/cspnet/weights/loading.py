@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, InvalidOptionError
-from ..models import CSPArch, CSPNet, ImageClassifier
+from ..models import ClassifierHead, CSPArch, CSPNet, ImageClassifier
 from ..spec import ModelSpec
 from . import convert
 from .files import read_weights, unwrap
@@ -32,13 +33,15 @@ class Found:
     """Weights ready to load: ``state_dict`` in the cspnet layout (checked against the architecture); ``spec``, the
     model they are of (recorded in the file by cspnet, else read from it: the published architecture's defaults,
     the head's width, mmpretrain's class names; None for an architecture outside the table); ``source`` names them
-    in messages; ``ema``: the EMA weights were taken; ``layout``: the file's layout."""
+    in messages; ``ema``: the EMA weights were taken; ``layout``: the file's layout; ``borrowed``: the tensors are
+    the caller's (a state dict given in memory), so a model loads copies of them."""
 
     state_dict: dict[str, torch.Tensor]
     spec: ModelSpec | None
     source: str
     ema: bool = False
     layout: str = "cspnet"  # the file's
+    borrowed: bool = False
 
     @property
     def num_classes(self) -> int | None:
@@ -94,7 +97,7 @@ def read(pretrained: Pretrained, arch: CSPArch | str | None = None, *, use_ema: 
                               f"layout); name the model to see the mismatching keys")
     try:
         found = Found(convert.to_cspnet(state_dict, arch or held), recorded, source, ema,
-                      convert.detect_layout(state_dict))
+                      convert.detect_layout(state_dict), borrowed=isinstance(pretrained, Mapping))
     except CheckpointError as e:
         raise CheckpointError(f"{source}: {e}") from None
     if recorded is None and held in PUBLISHED:
@@ -113,7 +116,9 @@ def check_values(state_dict: Mapping[str, torch.Tensor], source: str) -> None:
         if t.layout != torch.strided or t.is_meta or not t.is_floating_point():
             what = "meta (no data)" if t.is_meta else str(t.layout) if t.layout != torch.strided else str(t.dtype)
             kinds.append(f"{k} ({what})")
-        elif not bool(torch.isfinite(t).all()):
+        # A sum is finite only if every value is (NaN and Inf propagate): one pass, no mask the size of the tensor.
+        # A sum that overflows is no proof of a bad value, so only then is every value looked at.
+        elif not math.isfinite(t.sum()) and not bool(torch.isfinite(t).all()):
             bad = int((~torch.isfinite(t)).sum())
             nonfinite.append(f"{k} ({bad} of {t.numel()} values{', NaN' if bool(torch.isnan(t).any()) else ''})")
     if kinds:
@@ -136,25 +141,57 @@ def _inferred(published: ModelSpec, width: int | None, classes: tuple[str, ...] 
 
 
 def load_state(model: ImageClassifier | CSPNet, found: Found) -> None:
-    """Load ``found`` into ``model`` strictly. A head of another width (or none) is left freshly initialised, as
-    fine-tuning wants; the log says so."""
-    sd = dict(found.state_dict)
-    head = {k: sd.pop(k) for k in convert.HEAD_KEYS if k in sd}
+    """Load ``found`` into ``model`` strictly. A model built on the meta device (``spec.build(init=False)``) takes the
+    tensors themselves (``load_state_dict(assign=True)``: no copy, and no random init that the weights overwrite).
+    A head of another width (or none) is left freshly initialised (a meta model's made now), as fine-tuning wants;
+    the log says so."""
     backbone = model if isinstance(model, CSPNet) else model.backbone
-    backbone.load_state_dict({k.removeprefix("backbone."): v for k, v in sd.items()})
+    assign = any(t.is_meta for t in backbone.parameters())
+    sd = _owned(model, found.state_dict, found.borrowed) if assign else dict(found.state_dict)
+    head = {k.removeprefix("head."): sd.pop(k) for k in convert.HEAD_KEYS if k in sd}
+    backbone.load_state_dict({k.removeprefix("backbone."): v for k, v in sd.items()}, assign=assign)
     if backbone is model:
         return
     if head and found.num_classes == model.num_classes:
-        model.head.load_state_dict({k.removeprefix("head."): v for k, v in head.items()})
-    elif model.num_classes:
+        model.head.load_state_dict(head, assign=assign)
+        return
+    if assign:  # not in the file: initialised as a fresh build does
+        model.head = ClassifierHead(model.num_features, model.num_classes, model.head.drop.p)
+    if model.num_classes:
         why = "has no head" if not head else f"has {found.num_classes} classes"
         log.info("%s %s; the %d-class head stays freshly initialised (fine-tuning)", found.source, why, model.num_classes)
 
 
+def _owned(model: ImageClassifier | CSPNet, state_dict: Mapping[str, torch.Tensor], borrowed: bool
+           ) -> dict[str, torch.Tensor]:
+    """``state_dict`` (cspnet layout) as tensors that ``model`` (on the meta device) can take as its own: what
+    copying into a built model gave (its dtypes, contiguous, 64-byte aligned), copied where someone else holds them:
+    the caller (``borrowed``), or another entry sharing the memory (a file may store views of one buffer), which
+    training would change with it."""
+    prefix = "backbone." if isinstance(model, CSPNet) else ""
+    targets = {prefix + k: v for k, v in model.state_dict(keep_vars=True).items()}
+    out, storages = {}, set()
+    for k, v in state_dict.items():
+        t = v.detach().to(targets[k].dtype if k in targets else v.dtype).contiguous()
+        storage = t.untyped_storage().data_ptr()
+        # torch's allocator aligns to 64 bytes (whole AVX-512 loads); safetensors hands out tensors 8 bytes apart
+        if t.data_ptr() == v.data_ptr() and (borrowed or storage in storages or t.data_ptr() % 64):
+            t = t.clone()
+        storages.add(storage)
+        out[k] = t
+    return out
+
+
 def load(target: nn.Module | ModelSpec, pretrained: Pretrained, *, use_ema: bool | None = None, **where) -> nn.Module:
     """resolve -> read -> convert -> load: ``pretrained`` (see :func:`read`) into ``target``, a model or a
-    :class:`~cspnet.models.ModelSpec` (built first). Returns the model."""
-    model = target.build() if isinstance(target, ModelSpec) else target
-    backbone = model if isinstance(model, CSPNet) else model.backbone
-    load_state(model, read(pretrained, backbone.arch, use_ema=use_ema, **where))
+    :class:`~cspnet.models.ModelSpec` (built then, without the random init its weights would overwrite). Returns
+    the model."""
+    if isinstance(target, ModelSpec):
+        found = read(pretrained, target.arch, use_ema=use_ema, **where)
+        model = target.build(init=False)
+    else:
+        model = target
+        found = read(pretrained, (model if isinstance(model, CSPNet) else model.backbone).arch, use_ema=use_ema,
+                     **where)
+    load_state(model, found)
     return model
