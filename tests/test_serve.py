@@ -457,3 +457,14 @@ def test_ray_app_gives_the_same_answers(recipe_checkpoint, expected, tmp_path):
         serve.shutdown()
         ray.shutdown()
         shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def test_without_the_serve_extra_the_error_says_how_to_add_it(monkeypatch, capsys):
+    import importlib.util
+
+    from cspnet.cli import main as cli
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "uvicorn" else real(name, *a))
+    assert cli(["serve", "--port", "0"]) == 2
+    assert 'cspnet serve needs uvicorn (not installed here): pip install "cspnet[serve]"' in capsys.readouterr().err

@@ -69,6 +69,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import importlib.util
+
+    from ..errors import InvalidOptionError
+
+    # an optional extra: said before the model loads, not as a traceback from deep in the server's imports
+    missing = [m for m in ("fastapi", "uvicorn", "prometheus_client", "multipart")
+               if importlib.util.find_spec(m) is None]
+    if missing:
+        raise InvalidOptionError(f"cspnet serve needs {', '.join(missing)} (not installed here): "
+                                 f"pip install \"cspnet[serve]\"")
     from ..serve.handler import ModelHandler
     from ..serve.server import run_server
 
