@@ -9,7 +9,6 @@ import glob
 import json
 import logging
 import os
-import re
 import sys
 import time
 import weakref
@@ -23,7 +22,7 @@ from tqdm import tqdm
 
 from . import config, rows, zoo
 from ._io import output_path
-from .data.datasets import IMG_EXTENSIONS, _image_files, _read_lines, is_image_file
+from .data.datasets import IMG_EXTENSIONS, image_files, is_image_file, read_lines
 from .data.loader import ImageList, build_eval_loader, input_path
 from .data.transforms import ImageLike
 from .engine.distributed import all_gather_object, broadcast_object, get_rank, get_world_size
@@ -250,12 +249,12 @@ def expand_inputs(inputs: Sequence[str | os.PathLike], stdin: TextIO | None = No
                 lines = (line.rstrip("\r\n") for line in (stdin or sys.stdin))
             else:
                 try:
-                    lines = iter(_read_lines(Path(arg[1:])))  # the encodings and line ends people's files come in
+                    lines = iter(read_lines(Path(arg[1:]), "list file"))  # the encodings and line ends people use
                 except DatasetError as e:
-                    raise InvalidOptionError(f"{arg}: {str(e).replace('label file', 'list file')}") from None
+                    raise InvalidOptionError(f"{arg}: {e}") from None
             found += [line for line in lines if line.strip()]
         elif os.path.isdir(arg):
-            images = _image_files(Path(arg), {_folder_id(arg)})
+            images = image_files(Path(arg), {_folder_id(arg)})
             if not images:
                 raise InvalidOptionError(f"folder {arg!r} holds no images ({', '.join(IMG_EXTENSIONS)}, any case, "
                                          f"in any subfolder)")
@@ -268,7 +267,7 @@ def expand_inputs(inputs: Sequence[str | os.PathLike], stdin: TextIO | None = No
                     # image both matched and listed is one image
                     if _folder_id(match) not in listed:
                         listed.add(_folder_id(match))
-                        images.update(_image_files(Path(match), listed))
+                        images.update(image_files(Path(match), listed))
                 elif is_image_file(match):
                     images.add(match)
             if not images:
@@ -310,13 +309,6 @@ class PredictPlan:
     resumed: int = 0
     parts: tuple[Path, ...] = ()
     stale: tuple[Path, ...] = ()
-
-
-def _part_files(output: Path) -> list[Path]:
-    # any world size: a killed run of 4 processes may be resumed by 2, or by one
-    found = glob.glob(glob.escape(str(output)) + ".part*of*.jsonl")
-    pattern = re.compile(re.escape(str(output)) + r"\.part\d+of\d+\.jsonl")
-    return sorted(Path(p) for p in found if pattern.fullmatch(p))
 
 
 def _done_indices(file: Path, paths: Sequence[str], output: Path) -> set[int]:
@@ -382,7 +374,7 @@ def _plan(inputs: Sequence[str | os.PathLike], output: str | os.PathLike | None,
     # minutes on a network file system for a million)
     output_path(output, "--output", [p for p in paths if Path(p).suffix.lower() in rows.FORMATS])
     out = Path(output)
-    parts = _part_files(out)
+    parts = rows.part_files(out)
     exists = out.is_file() and out.stat().st_size > 0
     if (exists or parts) and not resume:
         what = "exists" if exists else f"has the parts of a killed run ({', '.join(p.name for p in parts)})"

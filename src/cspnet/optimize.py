@@ -273,7 +273,9 @@ def optimize_for_inference(model: nn.Module, fuse: bool = True, channels_last: b
         backbone's tuple of maps), to be called under ``torch.inference_mode()`` / ``torch.no_grad()``.
     """
     if isinstance(model, InferenceOnly):
-        if dtype is not None or compile or cuda_graph:
+        # (a float32 dtype, however spelt, is no change; int8 is what it already is)
+        cast = dtype not in ("int8", torch.int8) and _resolve_dtype(dtype) is not None
+        if cast or compile or cuda_graph:
             raise InvalidOptionError(f"{getattr(model, 'name', 'the model')} is an int8 model that runs as it was "
                                      f"quantized: no dtype, compile or cuda_graph for it")
         return model

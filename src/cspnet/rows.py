@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import glob
 import heapq
 import io
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -294,6 +296,14 @@ def part_path(output: str | os.PathLike, rank: int, world_size: int) -> Path:
     ``<output>.part<rank>of<world>.jsonl`` beside it (a ``.jsonl`` whatever the output's format: flushed per batch,
     so a killed rank keeps its rows); :func:`merge` makes the output of the parts."""
     return Path(f"{output}.part{rank}of{world_size}.jsonl")
+
+
+def part_files(output: str | os.PathLike) -> list[Path]:
+    """The :func:`part_path` files beside ``output`` of any world size (a killed run of 4 processes may be
+    resumed by 2, or by one), sorted."""
+    found = glob.glob(glob.escape(str(output)) + ".part*of*.jsonl")
+    pattern = re.compile(re.escape(str(output)) + r"\.part\d+of\d+\.jsonl")
+    return sorted(Path(p) for p in found if pattern.fullmatch(p))
 
 
 def meta_path(path: str | os.PathLike) -> Path:

@@ -14,13 +14,11 @@ import argparse
 import sys
 
 from cspnet.cli import at_least, main
+from cspnet.cli.report import tool_parser
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="analyze_results.py", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    parser.add_argument("config", nargs="?", metavar="CONFIG", help="accepted and ignored (see below)")
-    parser.add_argument("result", metavar="RESULT", help="the rows file of `tools/test.py ... --out FILE`")
+    parser = tool_parser("analyze_results.py", __doc__)
     parser.add_argument("--out-dir", required=True, metavar="DIR", help="the report folder")
     parser.add_argument("--topk", type=at_least(1), default=20, metavar="N",
                         help="images of each kind: mistakes and hits (default 20)")

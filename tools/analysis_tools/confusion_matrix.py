@@ -18,16 +18,14 @@ from pathlib import Path
 
 from cspnet._io import atomic_write, output_path
 from cspnet.cli import at_least
+from cspnet.cli.report import tool_parser
 from cspnet.errors import CSPNetError, InvalidOptionError
 
 CHECKPOINTS = (".pth", ".pt", ".safetensors", ".ckpt", ".bin")
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="confusion_matrix.py", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    parser.add_argument("config", nargs="?", metavar="CONFIG", help="accepted and ignored (see below)")
-    parser.add_argument("result", metavar="RESULT", help="the rows file of `tools/test.py ... --out FILE`")
+    parser = tool_parser("confusion_matrix.py", __doc__)
     parser.add_argument("--out", default=None, metavar="FILE", help="the matrix as .npy, .csv or .json")
     parser.add_argument("--show", action="store_true", help="open the picture in the image viewer")
     parser.add_argument("--show-path", default=None, metavar="PNG", help="draw the picture into this file")

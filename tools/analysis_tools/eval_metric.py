@@ -13,6 +13,7 @@ import argparse
 import sys
 
 from cspnet.cli import main
+from cspnet.cli.report import tool_parser
 
 # mmpretrain's metric types and the keys of theirs that cspnet honours
 KEYS = {"Accuracy": {"type", "topk"}, "SingleLabelMetric": {"type", "items", "average"}}
@@ -47,10 +48,7 @@ def topk_of(metrics: list[list[str]], error) -> list[int]:
 
 
 def parse(argv: list[str]) -> tuple[argparse.Namespace, list[int]]:
-    parser = argparse.ArgumentParser(prog="eval_metric.py", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    parser.add_argument("config", nargs="?", metavar="CONFIG", help="accepted and ignored (see below)")
-    parser.add_argument("result", metavar="RESULT", help="the rows file of `tools/test.py ... --out FILE`")
+    parser = tool_parser("eval_metric.py", __doc__)
     parser.add_argument("--metric", nargs="+", action="append", default=[], metavar="KEY=VALUE",
                         help="type=Accuracy topk=1,5 | type=SingleLabelMetric (default: both)")
     parser.add_argument("--json", action="store_true", help="print the metrics as JSON")

@@ -45,12 +45,13 @@ def add_model_arguments(p: argparse.ArgumentParser, positional: bool = False) ->
     add_source_arguments(p)
 
 
-def add_dtype_argument(p: argparse.ArgumentParser) -> None:
-    """``--dtype``: the numerics of the fast inference copy (predict, test, serve)."""
+def add_dtype_argument(p: argparse.ArgumentParser, weights: str = "given as --weights") -> None:
+    """``--dtype``: the numerics of the fast inference copy (predict, test, serve); ``weights`` says where the
+    command takes an int8 file."""
     p.add_argument("--dtype", choices=("fp32", "bf16", "int8"), default=None,
                    help="fp32 (default); bf16: bf16 weights and activations (on a CPU only with AMX or AVX512-BF16, "
-                        "refused where it would be emulated; any CUDA GPU); int8: the file `cspnet export --dtype "
-                        "int8 --calib IMAGES` writes, given as the weights (CPU; an int8 .onnx runs as int8 without "
+                        "refused where it would be emulated; any CUDA GPU); int8: the .onnx file `cspnet export "
+                        f"--dtype int8 --calib IMAGES` writes, {weights} (CPU; an int8 .onnx runs as int8 without "
                         "--dtype too)")
 
 

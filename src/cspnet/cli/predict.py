@@ -47,8 +47,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..errors import InvalidOptionError
 
-    if args.resume and not args.output:
-        raise InvalidOptionError("--resume continues an --output file: give --output FILE")
     if args.save_vis and (args.output or args.launcher != "none"):
         raise InvalidOptionError("--save-vis draws each image for a look at a few: use it without --output and "
                                  "--launcher")

@@ -12,6 +12,16 @@ HELP = ("the evaluation report of `cspnet test --out FILE`: top-k accuracy, per-
         "confusion matrix (PNG), the worst classes and a gallery of mistakes, in one HTML page")
 
 
+def tool_parser(prog: str, doc: str) -> argparse.ArgumentParser:
+    """The parser of a ``tools/analysis_tools`` script with mmpretrain's name (``doc``: its docstring): its
+    ``[CONFIG] RESULT`` positionals, the CONFIG accepted and ignored because the rows carry what it would give."""
+    parser = argparse.ArgumentParser(prog=prog, description=doc.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=doc)
+    parser.add_argument("config", nargs="?", metavar="CONFIG", help="accepted and ignored (see below)")
+    parser.add_argument("result", metavar="RESULT", help="the rows file of `tools/test.py ... --out FILE`")
+    return parser
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("predictions", metavar="PREDICTIONS",
                    help="the per-image rows of `cspnet test ... --out FILE` (.jsonl, .csv, .parquet); class names "

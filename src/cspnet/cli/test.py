@@ -16,7 +16,8 @@ import time
 from pathlib import Path
 
 from ..data.presets import INTERPOLATIONS
-from . import add_cfg_options, add_launcher_arguments, add_source_arguments, at_least, use_local_rank, where
+from . import (add_cfg_options, add_dtype_argument, add_launcher_arguments, add_source_arguments, at_least,
+               use_local_rank, where)
 
 HELP = "evaluate a checkpoint on a config's test set (top-1/top-5), like mmpretrain's tools/test.py"
 
@@ -46,9 +47,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the resize filter instead of the config's (mmpretrain's CSPNet configs: bicubic; timm: "
                         "bilinear)")
     p.add_argument("--amp", action="store_true", help="bfloat16 (the same as --dtype bf16)")
-    p.add_argument("--dtype", choices=("fp32", "bf16", "int8"), default=None,
-                   help="fp32 (default); bf16: bf16 weights and autocast (on a CPU only with AMX or AVX512-BF16); "
-                        "int8: CHECKPOINT is the .onnx file `cspnet export --dtype int8 --calib IMAGES` writes (CPU)")
+    add_dtype_argument(p, weights="given as CHECKPOINT")
     add_launcher_arguments(p)
     p.add_argument("--skip-bad", action="store_true",
                    help="continue past unreadable or corrupt images; they are listed and left out of the metrics")

@@ -168,7 +168,7 @@ def _flat_images(folder: Path, regular_only: bool = True) -> list[str]:
                   and (not regular_only or e.is_file()))
 
 
-def _image_files(top: Path, seen: set[tuple[int, int]]) -> list[str]:
+def image_files(top: Path, seen: set[tuple[int, int]]) -> list[str]:
     """The image files under ``top``, recursively (mmpretrain's ``get_samples``: ``os.walk(followlinks=True)``), as
     sorted path strings; a folder (``(st_dev, st_ino)``) in ``seen`` is skipped with a warning, and each listed one is
     added, so a link loop ends and no image is counted twice."""
@@ -190,19 +190,20 @@ def _image_files(top: Path, seen: set[tuple[int, int]]) -> list[str]:
     return sorted(files)
 
 
-def _read_lines(path: Path) -> list[str]:
+def read_lines(path: Path, what: str = "label file") -> list[str]:
     """The lines of a text file, as people write them: UTF-8 with or without a byte-order mark (Windows Notepad
-    writes one, and it used to glue itself to the first line), UTF-16 with one; LF, CRLF or CR line ends."""
+    writes one, and it used to glue itself to the first line), UTF-16 with one; LF, CRLF or CR line ends. ``what``
+    names the file in errors (:class:`DatasetError`)."""
     try:
-        with open_regular_file(path, "label file", DatasetError) as f:
+        with open_regular_file(path, what, DatasetError) as f:
             raw = f.read()
     except OSError as e:
-        raise DatasetError(f"cannot read label file {str(path)!r}: {e.strerror or e}") from None
+        raise DatasetError(f"cannot read {what} {str(path)!r}: {e.strerror or e}") from None
     encoding = "utf-16" if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) else "utf-8-sig"
     try:
         text = raw.decode(encoding)
     except UnicodeDecodeError:
-        raise DatasetError(f"label file {str(path)!r} is not UTF-8 (or UTF-16) text: save it as UTF-8") from None
+        raise DatasetError(f"{what} {str(path)!r} is not UTF-8 (or UTF-16) text: save it as UTF-8") from None
     # str.splitlines() would also split at \x1c-\x1e, \x85, \u2028 ..., characters a file name may hold
     lines = re.split(r"\r\n|\r|\n", text)
     return lines[:-1] if lines and lines[-1] == "" else lines
@@ -218,7 +219,7 @@ def read_annotation_file(path: Path, image_dir: Path, num_classes: int | None,
         DatasetError: naming the file and line of a malformed line, an unknown synset, or a label outside
             ``0..num_classes-1`` (negative only, when None); or an image that the file does not label.
     """
-    lines = _read_lines(path)
+    lines = read_lines(path)
     content = [(i, line.strip()) for i, line in enumerate(lines, 1) if line.strip()]
     if not content:
         raise DatasetError(f"label file {str(path)!r} is empty")
@@ -322,7 +323,7 @@ def _folder_samples(image_dir: Path, folders: Sequence[str], class_index: dict[s
     listed = set(seen)  # one set for all classes: a folder linked from two classes is listed under the first only
     samples = []
     for name in folders:
-        files = _image_files(image_dir / name, listed)
+        files = image_files(image_dir / name, listed)
         if not files:
             log.warning("class folder %s holds no images", image_dir / name)
         samples += [(f, class_index[name]) for f in files]
@@ -532,7 +533,7 @@ def _read_classes(classes: Sequence[str] | str | os.PathLike, root: Path) -> lis
     if isinstance(classes, (str, os.PathLike)):
         path = _resolve(root, classes)
         check_regular_file(path, "classes file", DatasetError)
-        names = [line.strip() for line in _read_lines(path) if line.strip()]
+        names = [line.strip() for line in read_lines(path) if line.strip()]
     else:
         names = [str(c) for c in classes]
     duplicates = sorted({n for n in names if names.count(n) > 1})

@@ -255,13 +255,18 @@ def build_for_test(spec: EvalSpec, checkpoint: weights.Pretrained, *, use_ema: b
         what = "has no head" if found.num_classes is None else f"has a {found.num_classes}-class head"
         raise CheckpointError(f"{found.source} {what}, but the config builds {model.num_classes} classes: {fix}")
     names = held.classes if held is not None else None
-    if names is not None and dataset_classes is not None and tuple(names) != tuple(dataset_classes):
-        raise CheckpointError(f"{found.source} was trained on classes {list(names)[:5]}..., the test set has "
-                              f"{list(dataset_classes)[:5]}...: the labels would not mean the same classes")
+    _check_classes(found.source, names, dataset_classes)
     # on the meta device: load_state assigns the checkpoint's tensors (no random init, no copy)
     net = model.replace(classes=model.classes or names).build(init=False)
     weights.load_state(net, found)
     return net
+
+
+def _check_classes(source: str, names: Any, dataset_classes: tuple[str, ...] | None) -> None:
+    """A checkpoint's class names (None: unknown) must be the test set's, in order."""
+    if names is not None and dataset_classes is not None and tuple(names) != tuple(dataset_classes):
+        raise CheckpointError(f"{source} was trained on classes {list(names)[:5]}..., the test set has "
+                              f"{list(dataset_classes)[:5]}...: the labels would not mean the same classes")
 
 
 def _int8_for_test(spec: EvalSpec, path: str, dataset_classes: tuple[str, ...] | None) -> torch.nn.Module:
@@ -272,9 +277,7 @@ def _int8_for_test(spec: EvalSpec, path: str, dataset_classes: tuple[str, ...] |
     if (held.arch, held.num_classes) != (want.arch, want.num_classes):
         raise CheckpointError(f"{path!r} is an int8 {held.arch} with {held.num_classes} classes; the config builds "
                               f"{want.arch} with {want.num_classes}: test it with the config it was made from")
-    if held.classes is not None and dataset_classes is not None and tuple(held.classes) != tuple(dataset_classes):
-        raise CheckpointError(f"{path!r} was made for classes {list(held.classes)[:5]}..., the test set has "
-                              f"{list(dataset_classes)[:5]}...: the labels would not mean the same classes")
+    _check_classes(repr(path), held.classes, dataset_classes)
     if model.image_size != (want.eval.crop, want.eval.crop):
         raise CheckpointError(f"{path!r} was calibrated for {model.image_size[0]} x {model.image_size[1]} inputs; "
                               f"the config's test pipeline crops {want.eval.crop}: set its crop_size (or export at "
@@ -303,8 +306,7 @@ def run_test(spec: EvalSpec, checkpoint: weights.Pretrained, dist: DistInfo, *, 
     (:func:`check_output`), the per-image rows as they come (``.jsonl``/``.csv``/``.parquet``, with the summary in
     ``<output>.meta.json``), mmpretrain's pickle (``.pkl``) or the summary with the predictions (``.json``);
     ``out_item='metrics'``: the metrics alone (``.json``/``.pkl``). ``work_dir``: the summary, the resolved config
-    and (with
-    :func:`~cspnet.engine.distributed.setup_logging`) the log. ``say`` (rank 0) receives the three lines that state
+    and (with :func:`~cspnet.engine.distributed.setup_logging`) the log. ``say`` (rank 0) receives the three lines that state
     the model, the data and the eval setting before the pass. ``where``: see :func:`cspnet.weights.sources.resolve`.
 
     Raises:
@@ -412,7 +414,8 @@ def _write_output(path: Path, kind: str, out_item: str, summary: dict[str, Any],
                   model: torch.nn.Module) -> None:
     """The ``--out`` file of :func:`run_test` (rows were written during the pass: here their sidecar)."""
     if kind == "rows":
-        rows.write_meta(path, {**summary, "classes": list(getattr(model, "classes", None) or []) or None})
+        classes = getattr(model, "classes", None)
+        rows.write_meta(path, {**summary, "classes": list(classes) if classes else None})
     elif kind == "json":
         _write_json(path, summary["metrics"] if out_item == "metrics" else
                     {**summary, "predictions": result.predictions})

@@ -46,9 +46,6 @@ class Batcher:
         self._queue.put_nowait((crop, fut))
         return await fut  # cancelling the caller cancels fut, which the worker then skips
 
-    def pending(self) -> int:
-        return self._queue.qsize()
-
     async def _gather(self) -> list[tuple[torch.Tensor, asyncio.Future]]:
         loop = asyncio.get_running_loop()
         batch = [await self._queue.get()]
